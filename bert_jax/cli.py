@@ -1,0 +1,51 @@
+"""The `bert-jax` command: one subcommand per stage of the data flow.
+
+Subcommands are imported lazily so `bert-jax --help` does not pay for importing jax.
+Each target is a `main(argv: list[str]) -> int | None` function.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train-tokenizer": ("bert_jax.data.tokenizer_cli", "Train a WordPiece vocab from a corpus."),
+    "make-data": ("bert_jax.data.make_data", "Build fixed-length pretraining examples (sharded, resumable)."),
+    "pretrain": ("bert_jax.train.pretrain", "Pretrain an encoder (mesh or pmap, resumable)."),
+    "finetune": ("bert_jax.finetune.main", "Fine-tune and evaluate on GLUE, SQuAD or NER."),
+    "convert": ("bert_jax.interop.convert_cli", "Convert between transformers checkpoints and bert_jax params."),
+    "export": ("bert_jax.train.export", "Write params only from a pretraining workdir."),
+    "experiment": ("bert_jax.experiments.main", "Run an ablation grid and write its tables."),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: bert-jax <command> [args]", "", "commands:"]
+    lines += [f"  {name:<16} {doc}" for name, (_, doc) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"bert-jax: unknown command {name!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            print(f"bert-jax: command {name!r} is not available in this version", file=sys.stderr)
+            return 2
+        raise
+    sys.argv = [f"bert-jax {name}", *rest]
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
