@@ -1,0 +1,147 @@
+"""The BERT encoder: embeddings, then a stack of transformer layers (plain, scanned, rematerialised or shared)."""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax.model.config import ModelConfig
+from bert_jax.model.layers import (LayerNorm, RelativePositionBias, TransformerLayer, attention_mask, dense,
+                                   normal_init, sinusoidal_table)
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_out": jax.checkpoint_policies.save_only_these_names("qkv_out"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderOutput:
+    sequence: Array  # [B, L, H], after the final LayerNorm for pre-LN
+    hidden_states: tuple[Array, ...] | None  # embeddings output then each layer's output, if asked for
+
+
+class Embeddings(nn.Module):
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        embed_axis = "embed_factor" if cfg.factorized else "embed"
+        self.token = nn.Embed(cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                              embedding_init=normal_init(cfg, ("vocab", embed_axis)))
+        self.segment = nn.Embed(cfg.type_vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                embedding_init=normal_init(cfg, ("type_vocab", embed_axis)))
+        if cfg.position_embedding == "learned":
+            self.position = nn.Embed(cfg.max_position_embeddings, cfg.embed_dim, dtype=cfg.dtype,
+                                     param_dtype=cfg.param_dtype,
+                                     embedding_init=normal_init(cfg, ("position", embed_axis)))
+        self.layer_norm = LayerNorm(cfg, axis_name=embed_axis)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        if cfg.factorized:
+            self.projection = dense(cfg, cfg.hidden_size, -1, ("embed_factor", "embed"), ("embed",), "projection")
+
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool) -> Array:
+        cfg = self.config
+        x = self.token(input_ids) + self.segment(token_type_ids)
+        if cfg.position_embedding == "learned":
+            x = x + self.position(position_ids)
+        elif cfg.position_embedding == "sinusoidal":
+            table = jnp.asarray(sinusoidal_table(cfg.max_position_embeddings, cfg.embed_dim))
+            x = x + jnp.take(table, position_ids, axis=0).astype(x.dtype)
+        x = self.dropout(self.layer_norm(x), deterministic=deterministic)
+        if cfg.factorized:
+            x = self.projection(x)
+        return x
+
+    def attend(self, x: Array) -> Array:
+        """Logits against the token embedding table (the tied MLM/LM decoder)."""
+        return self.token.attend(x)
+
+
+class _ScanLayer(nn.Module):
+    """Adapter giving TransformerLayer the (carry, x) -> (carry, y) signature nn.scan wants."""
+
+    config: ModelConfig
+    deterministic: bool
+    layer_cls: type
+
+    @nn.compact
+    def __call__(self, x, mask, bias, position_ids):
+        x = self.layer_cls(self.config, name="layer")(x, mask, bias, position_ids, self.deterministic)
+        return x, None
+
+
+class Encoder(nn.Module):
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embeddings = Embeddings(cfg)
+        if cfg.position_embedding == "relative":
+            self.relative_bias = RelativePositionBias(cfg)
+        if cfg.norm == "pre":
+            self.final_norm = LayerNorm(cfg)
+
+    def _layer_cls(self):
+        cfg = self.config
+        if cfg.remat_policy == "none":
+            return TransformerLayer
+        return nn.remat(TransformerLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(5,))
+
+    @nn.compact
+    def _stack(self, x, mask, bias, position_ids, deterministic: bool, output_hidden_states: bool):
+        cfg = self.config
+        layer_cls = self._layer_cls()
+        if cfg.scan_layers and not output_hidden_states:
+            scan_kwargs = dict(in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
+            if cfg.share_layers:
+                scanned = nn.scan(_ScanLayer, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+                                  **scan_kwargs)
+            else:
+                scanned = nn.scan(_ScanLayer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                                  metadata_params={nn.PARTITION_NAME: "layers"}, **scan_kwargs)
+            name = "layer_shared" if cfg.share_layers else "layers"
+            x, _ = scanned(cfg, deterministic, layer_cls, name=name)(x, mask, bias, position_ids)
+            return x, None
+        if cfg.scan_layers:
+            raise ValueError("output_hidden_states needs the unscanned stack; set model.scan_layers=False "
+                             "(feature extraction and fine-tuning with all layers)")
+        hidden = [x]
+        # Shared (ALBERT) params sit at layer_shared/layer whether scanned or not, so checkpoints move freely.
+        shared = _ScanLayer(cfg, deterministic, layer_cls, name="layer_shared") if cfg.share_layers else None
+        for i in range(cfg.num_layers):
+            if shared is not None:
+                x, _ = shared(x, mask, bias, position_ids)
+            else:
+                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, bias, position_ids, deterministic)
+            hidden.append(x)
+        return x, tuple(hidden) if output_hidden_states else None
+
+    def __call__(self, input_ids: Array, token_type_ids: Array | None = None, input_mask: Array | None = None,
+                 position_ids: Array | None = None, deterministic: bool = True,
+                 output_hidden_states: bool = False) -> EncoderOutput:
+        cfg = self.config
+        batch, length = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if input_mask is None:
+            input_mask = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        mask = attention_mask(input_mask, cfg.causal)
+        bias = self.relative_bias(position_ids) if cfg.position_embedding == "relative" else None
+        x, hidden = self._stack(x, mask, bias, position_ids, deterministic, output_hidden_states)
+        if cfg.norm == "pre":
+            x = self.final_norm(x)
+        return EncoderOutput(sequence=x, hidden_states=hidden)
+
+    def attend(self, x: Array) -> Array:
+        return self.embeddings.attend(x)

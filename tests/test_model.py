@@ -1,0 +1,238 @@
+"""Behaviour of the encoder: masks, packing, position kinds, ALBERT options, scan/remat, precision, sharding."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax.model import BertForPreTraining, Encoder, preset
+from bert_jax.model.params import count_params, to_scanned, to_unscanned, unbox
+
+CFG = preset("tiny", vocab_size=211, max_position_embeddings=64, hidden_size=64, num_heads=4,
+             intermediate_size=96)
+
+
+def random_batch(seed=0, batch=3, length=24, vocab=211, lengths=(24, 17, 9)):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, size=(batch, length)).astype(np.int32)
+    mask = (np.arange(length)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
+    types = (np.arange(length)[None] >= np.asarray(lengths)[:, None] // 2).astype(np.int32) * mask
+    return jnp.asarray(ids * mask), jnp.asarray(types), jnp.asarray(mask)
+
+
+def init(cfg, ids):
+    return unbox(Encoder(cfg).init(jax.random.key(0), ids))
+
+
+def encode(cfg, params, *args, **kwargs):
+    return Encoder(cfg).apply(params, *args, **kwargs).sequence
+
+
+def test_padding_invariance():
+    ids, types, mask = random_batch()
+    params = init(CFG, ids)
+    short = encode(CFG, params, ids, types, mask)
+    pad = 8  # append padding: real positions must not change
+    zeros = jnp.zeros((ids.shape[0], pad), jnp.int32)
+    long = encode(CFG, params, jnp.concatenate([ids, zeros], 1), jnp.concatenate([types, zeros], 1),
+                  jnp.concatenate([mask, zeros], 1))
+    real = np.asarray(mask, bool)
+    np.testing.assert_allclose(np.asarray(long[:, :24])[real], np.asarray(short)[real], atol=1e-5)
+    # and the values at padded keys do not leak into real positions
+    noisy = ids + (1 - mask) * 7
+    np.testing.assert_allclose(np.asarray(encode(CFG, params, noisy, types, mask))[real], np.asarray(short)[real],
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("position", ["learned", "relative", "rotary"])
+def test_causal_attention_ignores_the_future(position):
+    cfg = CFG.replace(causal=True, position_embedding=position)
+    ids, types, mask = random_batch(lengths=(24, 24, 24))
+    params = init(cfg, ids)
+    base = np.asarray(encode(cfg, params, ids, types, mask))
+    t = 10
+    changed = ids.at[:, t + 1:].set((ids[:, t + 1:] + 13) % 200 + 5)
+    out = np.asarray(encode(cfg, params, changed, types, mask))
+    np.testing.assert_allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-5)
+    assert np.abs(out[:, t + 1:] - base[:, t + 1:]).max() > 1e-3
+    # the bidirectional model does see the future
+    bidir = CFG.replace(position_embedding=position)
+    a = np.asarray(encode(bidir, params, ids, types, mask))
+    b = np.asarray(encode(bidir, params, changed, types, mask))
+    assert np.abs(a[:, :t] - b[:, :t]).max() > 1e-3
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "relative", "rotary"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_rows_equal_examples_run_alone(position, causal):
+    cfg = CFG.replace(position_embedding=position, causal=causal)
+    rng = np.random.default_rng(1)
+    lens = [7, 5, 9]
+    examples = [rng.integers(5, 200, size=n).astype(np.int32) for n in lens]
+    length = 24
+    packed_ids = np.zeros((1, length), np.int32)
+    packed_mask = np.zeros((1, length), np.int32)
+    packed_pos = np.zeros((1, length), np.int32)
+    packed_types = np.zeros((1, length), np.int32)
+    start = 0
+    for k, ex in enumerate(examples):
+        packed_ids[0, start:start + len(ex)] = ex
+        packed_mask[0, start:start + len(ex)] = k + 1
+        packed_pos[0, start:start + len(ex)] = np.arange(len(ex))
+        packed_types[0, start + 3:start + len(ex)] = 1
+        start += len(ex)
+    params = init(cfg, jnp.asarray(packed_ids))
+    packed = np.asarray(encode(cfg, params, packed_ids, packed_types, packed_mask, packed_pos))
+    start = 0
+    for ex in examples:
+        n = len(ex)
+        types = np.zeros((1, n), np.int32)
+        types[0, 3:] = 1
+        alone = np.asarray(encode(cfg, params, ex[None], types, np.ones((1, n), np.int32)))
+        np.testing.assert_allclose(packed[0, start:start + n], alone[0], atol=2e-5)
+        start += n
+
+
+@pytest.mark.parametrize("position", ["relative", "rotary"])
+def test_relative_kinds_are_shift_invariant(position):
+    cfg = CFG.replace(position_embedding=position)
+    ids, types, mask = random_batch(lengths=(24, 24, 24))
+    params = init(cfg, ids)
+    pos = jnp.broadcast_to(jnp.arange(24), ids.shape)
+    a = encode(cfg, params, ids, types, mask, pos)
+    b = encode(cfg, params, ids, types, mask, pos + 5)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+    learned = CFG
+    p2 = init(learned, ids)
+    assert np.abs(np.asarray(encode(learned, p2, ids, types, mask, pos))
+                  - np.asarray(encode(learned, p2, ids, types, mask, pos + 5))).max() > 1e-3
+
+
+def test_position_kinds_own_the_right_params():
+    ids, _, _ = random_batch()
+    names = {kind: set(init(CFG.replace(position_embedding=kind), ids)["params"]["embeddings"])
+             for kind in ["learned", "sinusoidal", "relative", "rotary"]}
+    assert "position" in names["learned"]
+    assert all("position" not in names[k] for k in ["sinusoidal", "relative", "rotary"])
+    assert "relative_bias" in init(CFG.replace(position_embedding="relative"), ids)["params"]
+
+
+def test_albert_factorised_embeddings_and_shared_layers():
+    ids, types, mask = random_batch()
+    base = count_params(init(CFG, ids))
+    fact = CFG.replace(embedding_size=16)
+    p = init(fact, ids)
+    emb = p["params"]["embeddings"]
+    assert emb["token"]["embedding"].shape == (211, 16)
+    assert emb["projection"]["kernel"].shape == (16, 64)
+    assert count_params(p) < base
+    shared = CFG.replace(share_layers=True, num_layers=4)
+    ps = init(shared, ids)
+    layers = [k for k in ps["params"] if k.startswith("layer")]
+    assert layers == ["layer_shared"]
+    per_layer = count_params(ps["params"]["layer_shared"])
+    assert count_params(init(CFG.replace(num_layers=4), ids)) - count_params(ps) == 3 * per_layer
+    # sharing means applying the same layer 4 times: equal to an unshared stack with four copies of it
+    unshared = CFG.replace(num_layers=4)
+    copies = dict(ps["params"])
+    layer = copies.pop("layer_shared")["layer"]
+    copies.update({f"layer_{i}": layer for i in range(4)})
+    np.testing.assert_allclose(np.asarray(encode(shared, ps, ids, types, mask)),
+                               np.asarray(encode(unshared, {"params": copies}, ids, types, mask)), atol=1e-5)
+    # scanning the shared layer gives the same outputs
+    np.testing.assert_allclose(np.asarray(encode(shared.replace(scan_layers=True), ps, ids, types, mask)),
+                               np.asarray(encode(shared, ps, ids, types, mask)), atol=1e-5)
+
+
+def _loss_and_grads(cfg, params, batch, dropout_key=None):
+    ids, types, mask = batch
+    model = BertForPreTraining(cfg)
+    rngs = {"dropout": dropout_key} if dropout_key is not None else {}
+
+    def loss(p):
+        out = model.apply(p, ids, types, mask, deterministic=dropout_key is None, rngs=rngs)
+        return jnp.mean(out.mlm_logits ** 2) + jnp.mean(out.sentence_logits ** 2)
+
+    return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize("variant", [dict(scan_layers=True), dict(remat_policy="full"), dict(remat_policy="dots"),
+                                     dict(scan_layers=True, remat_policy="dots_no_batch")])
+def test_scan_and_remat_equal_the_plain_stack(variant):
+    cfg = CFG.replace(num_layers=3)
+    batch = random_batch()
+    params = unbox(BertForPreTraining(cfg).init(jax.random.key(0), batch[0]))
+    other = cfg.replace(**variant)
+    other_params = to_scanned(params) if other.scan_layers else params
+    ref_loss, ref_grads = _loss_and_grads(cfg, params, batch)
+    loss, grads = _loss_and_grads(other, other_params, batch)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    if other.scan_layers:
+        grads = to_unscanned(grads)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), grads, ref_grads)
+    # dropout draws differ in layout between scan and loop, but with it on both must still train the same params
+    key = jax.random.key(3)
+    l1, _ = _loss_and_grads(other, other_params, batch, key)
+    l2, _ = _loss_and_grads(other, other_params, batch, key)
+    assert l1 == l2 and l1 != loss
+
+
+def test_scan_conversion_round_trip():
+    cfg = CFG.replace(num_layers=3)
+    params = unbox(BertForPreTraining(cfg).init(jax.random.key(0), random_batch()[0]))
+    scanned = to_scanned(params)
+    abstract = unbox(jax.eval_shape(BertForPreTraining(cfg.replace(scan_layers=True)).init, jax.random.key(0),
+                                     random_batch()[0]))
+    assert jax.tree.structure(scanned) == jax.tree.structure(abstract)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), to_unscanned(scanned), params)
+
+
+def test_bf16_compute_close_to_fp32():
+    batch = random_batch()
+    params = unbox(BertForPreTraining(CFG).init(jax.random.key(0), batch[0]))
+    f32 = BertForPreTraining(CFG).apply(params, *batch)
+    b16 = BertForPreTraining(CFG.replace(dtype="bfloat16")).apply(params, *batch)
+    assert b16.sequence.dtype == jnp.bfloat16
+    assert b16.mlm_logits.dtype == jnp.float32  # losses are computed from float32 logits
+    rel = np.linalg.norm(np.asarray(b16.mlm_logits) - np.asarray(f32.mlm_logits)) / np.linalg.norm(f32.mlm_logits)
+    assert rel < 1e-2, rel
+    assert jax.tree.leaves(params)[0].dtype == jnp.float32
+
+
+def test_mlm_head_at_positions_equals_gather_of_all_positions():
+    ids, types, mask = random_batch()
+    model = BertForPreTraining(CFG)
+    params = unbox(model.init(jax.random.key(0), ids))
+    positions = jnp.asarray([[1, 4, 0], [2, 3, 16], [8, 0, 0]], jnp.int32)
+    at = model.apply(params, ids, types, mask, masked_positions=positions).mlm_logits
+    full = model.apply(params, ids, types, mask).mlm_logits
+    np.testing.assert_allclose(at, jnp.take_along_axis(full, positions[:, :, None], 1), atol=1e-5)
+    assert full.shape == (3, 24, 211) and at.shape == (3, 3, 211)
+
+
+def test_dropout_is_keyed_and_off_in_eval():
+    ids, types, mask = random_batch()
+    model = Encoder(CFG)
+    params = init(CFG, ids)
+    run = lambda key: model.apply(params, ids, types, mask, deterministic=False, rngs={"dropout": key}).sequence
+    a, b, c = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
+    assert np.abs(np.asarray(a) - np.asarray(encode(CFG, params, ids, types, mask))).max() > 1e-3
+
+
+def test_gated_gelu_pre_ln_trains_a_finite_gradient():
+    cfg = CFG.replace(activation="geglu", norm="pre")
+    batch = random_batch()
+    params = unbox(BertForPreTraining(cfg).init(jax.random.key(0), batch[0]))
+    assert params["params"]["encoder"]["layer_0"]["mlp"]["wi"]["kernel"].shape == (64, 2, 96)
+    assert "final_norm" in params["params"]["encoder"]
+    loss, grads = _loss_and_grads(cfg, params, batch)
+    assert np.isfinite(loss) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_invalid_config_names_the_field():
+    with pytest.raises(ValueError, match="model.num_heads"):
+        preset("tiny", num_heads=3)
+    with pytest.raises(ValueError, match="position_embedding"):
+        preset("tiny", position_embedding="alibi")
