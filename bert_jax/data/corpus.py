@@ -1,0 +1,237 @@
+"""Streaming corpus readers: text files -> documents -> sentences.
+
+Formats (`ReaderOptions.format`):
+  bert   one sentence per line, a blank line between documents (google-research/bert's input format);
+  text   plain prose; a document is a whole file (`doc_boundary="file"`) or each blank-line-separated
+         block (`doc_boundary="blank_line"`); lines inside a block are joined and split into sentences;
+  jsonl  one JSON object per line, the document text under `text_field`, treated like `text`;
+  auto   jsonl for *.jsonl / *.json (optionally .gz), bert otherwise.
+Files ending in .gz are decompressed on the fly. Nothing holds more than one document (bounded by
+`max_doc_chars`: longer documents are cut at paragraph/sentence boundaries into pieces that share an
+`origin`) or one line (lines over `max_line_bytes` are skipped and counted).
+
+Sentence rule for text/jsonl (`split_sentences`): a sentence ends at `.`, `!` or `?` (runs allowed, closing
+quotes/brackets kept with it) followed by whitespace and then a capital letter, a digit, or an opening
+quote/bracket. A single `.` does not end a sentence after a common abbreviation (Mr. Dr. St. e.g. i.e.
+etc. vs. ...) or a single-letter initial (J. Smith).
+
+Reading is split in two so that the cheap part (bytes -> `RawDocument`) can run in one process and the
+sentence splitting in the workers: `iter_raw_documents` then `document_sentences`.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+FORMATS = ("auto", "bert", "text", "jsonl")
+DOC_BOUNDARIES = ("file", "blank_line")
+
+
+class CorpusError(ValueError):
+    """Unusable corpus input; the message names the input and the fix."""
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    format: str = "auto"
+    text_field: str = "text"  # jsonl only
+    doc_boundary: str = "file"  # text only
+    max_line_bytes: int = 1 << 20
+    max_doc_chars: int = 1 << 18
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise CorpusError(f"--format {self.format!r} is not one of {FORMATS}")
+        if self.doc_boundary not in DOC_BOUNDARIES:
+            raise CorpusError(f"--doc_boundary {self.doc_boundary!r} is not one of {DOC_BOUNDARIES}")
+        if self.max_line_bytes < 1 or self.max_doc_chars < 1:
+            raise CorpusError("--max_line_bytes and --max_doc_chars must be positive")
+
+
+@dataclass(frozen=True)
+class RawDocument:
+    origin: int  # index of the source document; pieces of one long document share it
+    parts: tuple[str, ...]  # sentences when `presplit`, else paragraphs still to be split
+    presplit: bool
+
+    @property
+    def num_chars(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[str]:
+    """Files matched by each glob, sorted within a glob, in the order the globs were given."""
+    if not patterns:
+        raise CorpusError("no --input given; pass a file or glob such as --input 'corpus/*.txt'")
+    files: list[str] = []
+    for pattern in patterns:
+        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise CorpusError(f"--input {pattern!r} matches no files; check the path (quote globs so the shell "
+                              "does not expand them)")
+        files.extend(matches)
+    return files
+
+
+def file_format(path: str, options: ReaderOptions) -> str:
+    if options.format != "auto":
+        return options.format
+    name = path[:-3] if path.endswith(".gz") else path
+    return "jsonl" if name.endswith((".jsonl", ".json")) else "bert"
+
+
+def iter_lines(path: str, max_line_bytes: int, stats: collections.Counter) -> Iterator[str]:
+    """Decoded lines without their line break; bad UTF-8 replaced (counted), overlong lines skipped (counted)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    limit = max_line_bytes + 1
+    first = True
+    with opener(path, "rb") as f:
+        while True:
+            line = f.readline(limit)
+            if not line:
+                return
+            if len(line) == limit and not line.endswith(b"\n"):
+                stats["long_lines_skipped"] += 1
+                while line and not line.endswith(b"\n"):  # drain the rest without holding it
+                    line = f.readline(limit)
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                text = line.decode("utf-8", "replace")
+                stats["invalid_utf8_replacements"] += text.count("\ufffd")
+            if first:
+                text, first = text.lstrip("\ufeff"), False
+            yield text.rstrip("\r\n")
+
+
+def _paragraphs(lines: Iterator[str]) -> Iterator[str]:
+    """Blank-line-separated blocks, each joined into one line."""
+    block: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if line:
+            block.append(line)
+        elif block:
+            yield " ".join(block)
+            block = []
+    if block:
+        yield " ".join(block)
+
+
+def _pieces(parts: Iterator[str], max_chars: int, stats: collections.Counter) -> Iterator[list[str]]:
+    """Cut one document's parts into pieces of at most ~max_chars (a single larger part stays whole)."""
+    piece: list[str] = []
+    size = 0
+    for part in parts:
+        if piece and size + len(part) > max_chars:
+            stats["documents_split"] += 1
+            yield piece
+            piece, size = [], 0
+        piece.append(part)
+        size += len(part)
+    if piece:
+        yield piece
+
+
+def iter_raw_documents(files: Sequence[str], options: ReaderOptions, stats: collections.Counter) -> Iterator[RawDocument]:
+    origin = 0
+    for path in files:
+        stats["files"] += 1
+        fmt = file_format(path, options)
+        lines = iter_lines(path, options.max_line_bytes, stats)
+        if fmt == "bert":
+            docs = _bert_documents(lines)
+        elif fmt == "jsonl":
+            docs = _jsonl_documents(lines, options.text_field, stats)
+        elif options.doc_boundary == "file":
+            docs = iter([_paragraphs(lines)])
+        else:
+            docs = ([p] for p in _paragraphs(lines))
+        for doc_parts in docs:
+            for piece in _pieces(iter(doc_parts), options.max_doc_chars, stats):
+                yield RawDocument(origin=origin, parts=tuple(piece), presplit=fmt == "bert")
+            origin += 1
+
+
+def _bert_documents(lines: Iterator[str]) -> Iterator[Iterator[str]]:
+    # Each document is an iterator over its stripped sentences, consumed before the next one starts.
+    doc: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if line:
+            doc.append(line)
+        elif doc:
+            yield iter(doc)
+            doc = []
+    if doc:
+        yield iter(doc)
+
+
+_BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+def _jsonl_documents(lines: Iterator[str], field: str, stats: collections.Counter) -> Iterator[Iterator[str]]:
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            stats["invalid_json_lines"] += 1
+            continue
+        text = record.get(field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            stats["missing_text_field"] += 1
+            continue
+        yield _paragraphs(iter(_BLANK_LINES.sub("\n\n", text).split("\n")))
+
+
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr mt rev hon gen col lt sgt capt cmdr gov sen rep fig figs vol pp "
+    "vs etc al inc ltd co corp dept approx ca cf e.g i.e u.s u.k a.m p.m jan feb mar apr jun jul aug sep sept "
+    "oct nov dec".split()
+)
+_CANDIDATE = re.compile(r"[.!?]+[\"')\]\u2019\u201d]*(\s+)(?=[\"'(\[\u2018\u201c]*[A-Z0-9])")
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Split one paragraph into sentences by the rule in the module docstring."""
+    sentences: list[str] = []
+    start = 0
+    for m in _CANDIDATE.finditer(paragraph):
+        end = m.start(1)
+        punct = m.group(0)
+        if punct[0] == "." and not punct.startswith(".."):
+            word_start = paragraph.rfind(" ", start, m.start()) + 1
+            word = paragraph[max(word_start, start):m.start()].lstrip("\"'(\u201c\u2018[").lower()
+            if word in ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+                continue
+        sentence = paragraph[start:end].strip()
+        if sentence:
+            sentences.append(sentence)
+        start = m.end()
+    tail = paragraph[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences
+
+
+def document_sentences(doc: RawDocument) -> list[str]:
+    if doc.presplit:
+        return list(doc.parts)
+    return [s for p in doc.parts for s in split_sentences(p)]
+
+
+def iter_documents(patterns: Sequence[str], options: ReaderOptions = ReaderOptions(),
+                   stats: collections.Counter | None = None) -> Iterator[list[str]]:
+    """Documents as lists of sentences, streamed from the files matched by `patterns`."""
+    stats = collections.Counter() if stats is None else stats
+    for doc in iter_raw_documents(expand_inputs(patterns), options, stats):
+        yield document_sentences(doc)

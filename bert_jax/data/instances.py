@@ -1,0 +1,309 @@
+"""Documents -> fixed-length pretraining instances (no masking: that happens per step in the pipeline).
+
+One work unit (a block of documents) is tokenised in a single batch call and turned into the arrays of
+one shard. Every instance is first described by token ranges into the unit's flat id array; the arrays
+are then filled by one vectorised gather, so Python only loops over documents and sentences.
+
+Modes (layout `[CLS] A [SEP] (B [SEP]) [PAD]...`, token types 0 up to the first [SEP], 1 after):
+  segment-pair    BERT with NSP. Per document a target length (max_len - 3, or with probability
+                  short_seq_prob a uniform shorter one); sentences are gathered until the target, A is a
+                  random prefix of whole sentences, B is the rest (label 0) or, with probability 0.5,
+                  sentences from another document (label 1; the unused sentences are put back). The
+                  longer segment is trimmed at a random end until it fits. Unlike BERT, a chunk of one
+                  sentence (a document's tail, a very long sentence) is not forced to a random B, which
+                  skews labels towards 1 on short documents: its "next" B is the rest of the sentence,
+                  cut at a random token, so labels stay at 50% (a one-token chunk is forced random).
+  sentence-order  ALBERT SOP: as above, but B always follows A; swapped with probability 0.5 (label 1).
+                  A one-sentence chunk is cut at a random token as above (a one-token chunk is dropped).
+  full-sentences  RoBERTa: contiguous sentences packed up to max_len - 2, crossing document boundaries
+                  with a [SEP] between documents; one segment, label -1.
+  doc-sentences   as full-sentences but never crossing a document boundary.
+  single          each document cut into consecutive windows of max_len - 2 tokens (sentence boundaries
+                  ignored); one segment, label -1 (left-to-right LM, SpanBERT).
+A sentence longer than the room left is cut at the room (single-segment modes) or trimmed (pair modes).
+Random B documents come from the same work unit (preferring another source document), as BERT draws
+them from the documents it holds in memory.
+"""
+from __future__ import annotations
+
+import collections
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from bert_jax.data.corpus import RawDocument, document_sentences
+from bert_jax.data.tokenizer import WordPieceTokenizer
+
+MODES = ("segment-pair", "sentence-order", "full-sentences", "doc-sentences", "single")
+PAIR_MODES = ("segment-pair", "sentence-order")
+MIN_SEQ_LEN = 8
+
+
+class InstanceError(ValueError):
+    """Builder arguments that cannot work; the message names the argument and the fix."""
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    mode: str = "segment-pair"
+    seq_len: int = 128
+    short_seq_prob: float = 0.1
+    random_next_prob: float = 0.5  # NSP
+    swap_prob: float = 0.5  # SOP
+    dupe_factor: int = 1  # passes over the data with fresh random splits (BERT used 10 with static masks)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InstanceError(f"--mode {self.mode!r} is not one of {MODES}")
+        if self.seq_len < MIN_SEQ_LEN:
+            raise InstanceError(f"--seq_len {self.seq_len} is too small; use at least {MIN_SEQ_LEN} (BERT uses 128 or 512)")
+        for name in ("short_seq_prob", "random_next_prob", "swap_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InstanceError(f"--{name} {getattr(self, name)} must lie in [0, 1]")
+        if self.dupe_factor < 1:
+            raise InstanceError(f"--dupe_factor {self.dupe_factor} must be at least 1")
+
+
+@dataclass(frozen=True)
+class TokenizedUnit:
+    ids: np.ndarray  # int32 [T]: all sentences of the unit back to back
+    word_start: np.ndarray  # bool [T]
+    sent_start: list[int]  # token range of each non-empty sentence
+    sent_end: list[int]
+    doc_first: list[int]  # sentences doc_first[d] .. doc_first[d+1]-1 belong to document d (non-empty docs only)
+    origins: list[int]
+
+
+def tokenize_unit(docs: Sequence[RawDocument], tokenizer: WordPieceTokenizer, stats: collections.Counter) -> TokenizedUnit:
+    sentences: list[str] = []
+    per_doc = np.zeros(len(docs), dtype=np.int64)
+    for d, doc in enumerate(docs):
+        doc_sentences = document_sentences(doc)
+        per_doc[d] = len(doc_sentences)
+        sentences.extend(doc_sentences)
+    ids, word_start, offsets = tokenizer.encode_flat(sentences)
+    lengths = np.diff(offsets)
+    keep = lengths > 0  # sentences of only control characters or spaces vanish
+    doc_of = np.repeat(np.arange(len(docs)), per_doc)[keep]
+    counts = np.bincount(doc_of, minlength=len(docs))
+    nonempty = counts > 0
+    stats["empty_documents"] += int((~nonempty).sum())
+    stats["empty_sentences"] += int((~keep).sum())
+    stats["tokens"] += int(ids.size)
+    doc_first = np.zeros(int(nonempty.sum()) + 1, dtype=np.int64)
+    np.cumsum(counts[nonempty], out=doc_first[1:])
+    return TokenizedUnit(
+        ids=ids,
+        word_start=word_start,
+        sent_start=offsets[:-1][keep].tolist(),
+        sent_end=offsets[1:][keep].tolist(),
+        doc_first=doc_first.tolist(),
+        origins=[docs[d].origin for d in np.nonzero(nonempty)[0]],
+    )
+
+
+# An instance: (ranges of segment A, range of segment B or None, label). A has several ranges only in
+# full-sentences mode, where a [SEP] separates documents.
+Instance = tuple[list[tuple[int, int]], "tuple[int, int] | None", int]
+
+
+def _random_other_document(d: int, unit: TokenizedUnit, rnd: random.Random) -> int:
+    n = len(unit.origins)
+    for _ in range(10):
+        r = rnd.randrange(n)
+        if unit.origins[r] != unit.origins[d]:
+            return r
+    if n > 1:  # every sampled document came from the same source: settle for another piece of it
+        r = rnd.randrange(n - 1)
+        return r + (r >= d)
+    return d
+
+
+def _pair_instances(unit: TokenizedUnit, config: InstanceConfig, rnd: random.Random, stats) -> list[Instance]:
+    max_tokens = config.seq_len - 3
+    nsp = config.mode == "segment-pair"
+    s0, s1, first = unit.sent_start, unit.sent_end, unit.doc_first
+    out: list[Instance] = []
+    for d in range(len(first) - 1):
+        lo, hi = first[d], first[d + 1]
+        if hi - lo < 2:
+            stats["one_sentence_documents"] += 1
+            continue
+        target = max_tokens if rnd.random() >= config.short_seq_prob else rnd.randint(2, max_tokens)
+        chunk_start, i = lo, lo
+        while i < hi:
+            if i == hi - 1 or s1[i] - s0[chunk_start] >= target:
+                n = i + 1 - chunk_start
+                a_end = chunk_start + (rnd.randint(1, n - 1) if n >= 2 else 1)  # first sentence of B
+                a = (s0[chunk_start], s1[a_end - 1])
+                long_enough = n >= 2 or a[1] - a[0] >= 2
+                if nsp and (not long_enough or rnd.random() < config.random_next_prob):
+                    r = _random_other_document(d, unit, rnd)
+                    j = rnd.randrange(first[r], first[r + 1])
+                    k = j
+                    while k < first[r + 1] - 1 and s1[k] - s0[j] < target - (a[1] - a[0]):
+                        k += 1
+                    out.append(([a], (s0[j], s1[k]), 1))
+                    i = a_end - 1  # the sentences after A go back for the next chunk
+                elif n >= 2:
+                    b = (s0[a_end], s1[i])
+                    swap = not nsp and rnd.random() < config.swap_prob
+                    out.append(([b], a, 1) if swap else ([a], b, 0))
+                elif long_enough:  # a one-sentence chunk (a document's tail, a long sentence): cut it at a token
+                    cut = rnd.randint(a[0] + 1, a[1] - 1)
+                    swap = not nsp and rnd.random() < config.swap_prob
+                    out.append(([(cut, a[1])], (a[0], cut), 1) if swap else ([(a[0], cut)], (cut, a[1]), 0))
+                else:
+                    stats["unsplittable_chunks"] += 1
+                chunk_start = i + 1
+            i += 1
+    return out
+
+
+def _packed_instances(unit: TokenizedUnit, config: InstanceConfig, stats) -> list[Instance]:
+    budget = config.seq_len - 2
+    cross = config.mode == "full-sentences"
+    out: list[Instance] = []
+    cur: list[list[int]] = []
+    cur_len = 0
+
+    def flush():
+        nonlocal cur, cur_len
+        if cur:
+            out.append(([(s, e) for s, e in cur], None, -1))
+        cur, cur_len = [], 0
+
+    first = unit.doc_first
+    for d in range(len(first) - 1):
+        if not cross:
+            flush()
+        new_doc = True
+        for i in range(first[d], first[d + 1]):
+            s, e = unit.sent_start[i], unit.sent_end[i]
+            sep = 1 if (new_doc and cur) else 0
+            if cur and cur_len + sep + (e - s) > budget:
+                flush()
+                sep = 0
+            while e - s > budget:  # a sentence longer than a whole instance is cut
+                out.append(([(s, s + budget)], None, -1))
+                stats["sentences_cut"] += 1
+                s += budget
+            if sep or not cur:
+                cur.append([s, e])
+            else:
+                cur[-1][1] = e  # the next sentence of the same document is contiguous in the flat ids
+            cur_len += sep + (e - s)
+            new_doc = False
+    flush()
+    return out
+
+
+def _single_instances(unit: TokenizedUnit, config: InstanceConfig) -> list[Instance]:
+    budget = config.seq_len - 2
+    out: list[Instance] = []
+    first = unit.doc_first
+    for d in range(len(first) - 1):
+        lo, hi = unit.sent_start[first[d]], unit.sent_end[first[d + 1] - 1]
+        out.extend(([(s, min(s + budget, hi))], None, -1) for s in range(lo, hi, budget))
+    return out
+
+
+def _truncate_pairs(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.Generator):
+    """BERT's truncate_seq_pair in closed form: trim the longer segment (B on ties) one token at a time,
+    each token from the front or the back with probability 1/2. a, b: int64 [N, 2] ranges, edited in place."""
+    la, lb = a[:, 1] - a[:, 0], b[:, 1] - b[:, 0]
+    excess = np.maximum(la + lb - max_tokens, 0)
+    first_cut = np.minimum(excess, np.abs(la - lb))
+    rest = excess - first_cut
+    cut_a = np.where(la > lb, first_cut, 0) + rest // 2
+    cut_b = np.where(la > lb, 0, first_cut) + (rest - rest // 2)
+    for r, cut in ((a, cut_a), (b, cut_b)):
+        front = rng.binomial(cut, 0.5)
+        r[:, 0] += front
+        r[:, 1] -= cut - front
+
+
+def assemble(instances: Sequence[Instance], unit: TokenizedUnit, config: InstanceConfig, tokenizer: WordPieceTokenizer,
+             rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Fill the shard arrays for `instances` with one gather; pair instances are truncated here."""
+    n, seq_len = len(instances), config.seq_len
+    labels = np.array([lab for _, _, lab in instances], dtype=np.int8)
+    if config.mode in PAIR_MODES:
+        a = np.array([ra[0] for ra, _, _ in instances], dtype=np.int64).reshape(n, 2)
+        b = np.array([rb for _, rb, _ in instances], dtype=np.int64).reshape(n, 2)
+        _truncate_pairs(a, b, seq_len - 3, rng)
+        ranges = [[tuple(ra)] for ra in a.tolist()]
+        b_ranges = b.tolist()
+    else:
+        ranges = [ra for ra, _, _ in instances]
+        b_ranges = [None] * n
+    # Pieces of every row in order: a token range (start, length) or a special token (id, length 1).
+    kind, value, length, ttype, row = [], [], [], [], []
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    for i in range(n):
+        kind.append(0), value.append(cls), length.append(1), ttype.append(0), row.append(i)
+        for s, e in ranges[i]:
+            kind += [1, 0]
+            value += [s, sep]
+            length += [e - s, 1]
+            ttype += [0, 0]
+            row += [i, i]
+        if b_ranges[i] is not None:
+            s, e = b_ranges[i]
+            kind += [1, 0]
+            value += [s, sep]
+            length += [e - s, 1]
+            ttype += [1, 1]
+            row += [i, i]
+    kind_a, value_a, length_a = np.array(kind, bool), np.array(value, np.int64), np.array(length, np.int64)
+    row_a, ttype_a = np.array(row, np.int64), np.array(ttype, np.int8)
+    piece_of = np.repeat(np.arange(len(kind)), length_a)
+    piece_begin = np.cumsum(length_a) - length_a
+    within = np.arange(piece_of.size) - piece_begin[piece_of]
+    is_range = kind_a[piece_of]
+    src = np.where(is_range, value_a[piece_of] + within, 0)
+    tokens = np.where(is_range, unit.ids[src], value_a[piece_of])
+    # A range cut out of running text may begin inside a word; it still starts a maskable word.
+    word_start = np.where(is_range, unit.word_start[src] | (within == 0), True)
+    row_len = np.bincount(row_a, weights=length_a, minlength=n).astype(np.int64)
+    if n and row_len.max() > seq_len:
+        raise AssertionError(f"instance of {row_len.max()} tokens exceeds seq_len {seq_len}")
+    row_begin = np.cumsum(row_len) - row_len
+    token_row = row_a[piece_of]
+    col = np.arange(piece_of.size) - row_begin[token_row]
+    out = {
+        "input_ids": np.full((n, seq_len), tokenizer.pad_id, np.int32),
+        "token_type_ids": np.zeros((n, seq_len), np.int8),
+        "word_start": np.zeros((n, seq_len), bool),
+        "length": row_len.astype(np.int32),
+        "sentence_label": labels,
+    }
+    out["input_ids"][token_row, col] = tokens
+    out["token_type_ids"][token_row, col] = ttype_a[piece_of]
+    out["word_start"][token_row, col] = word_start
+    return out
+
+
+def build_unit(docs: Sequence[RawDocument], tokenizer: WordPieceTokenizer, config: InstanceConfig, seed: int,
+               unit_index: int) -> tuple[dict[str, np.ndarray], dict]:
+    """One work unit -> (shard arrays, counts). Seeded from (seed, unit_index) only."""
+    stats: collections.Counter = collections.Counter()
+    seeds = np.random.SeedSequence([seed, unit_index]).generate_state(2)
+    rnd = random.Random(int(seeds[0]))  # scalar draws: Python's generator is far cheaper per call
+    rng = np.random.default_rng(int(seeds[1]))
+    unit = tokenize_unit(docs, tokenizer, stats)
+    instances: list[Instance] = []
+    for _ in range(config.dupe_factor):
+        if config.mode in PAIR_MODES:
+            instances += _pair_instances(unit, config, rnd, stats)
+        elif config.mode == "single":
+            instances += _single_instances(unit, config)
+        else:
+            instances += _packed_instances(unit, config, stats)
+    order = rng.permutation(len(instances))
+    arrays = assemble([instances[i] for i in order], unit, config, tokenizer, rng)
+    stats["documents"] += len(unit.origins)
+    stats["sentences"] += len(unit.sent_start)
+    return arrays, dict(stats)

@@ -1,0 +1,292 @@
+"""`bert-jax make-data`: text files -> sharded fixed-length instances + manifest (resumable, parallel).
+
+The input is read once, as a stream, and cut into work units of about `unit_chars` characters of whole
+documents. Unit u becomes shard u, built from (seed, u) alone, so the output is the same for any number
+of workers and a rerun only builds the shards that are missing. At most 2 x workers units are in flight,
+so memory does not grow with the corpus. `build_args.json` is written first and the manifest last; a
+directory holding a dataset built with other arguments is refused.
+
+    bert-jax make-data --input 'corpus/*.txt' --format text --vocab vocab_dir --output data/seg128 \
+        --mode segment-pair --seq_len 128 --workers 8
+    bert-jax make-data --input builtin --output data/builtin   # no download: the built-in corpus
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import functools
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from bert_jax.data import shards
+from bert_jax.data.corpus import FORMATS, CorpusError, RawDocument, ReaderOptions, expand_inputs, iter_raw_documents
+from bert_jax.data.instances import MODES, InstanceConfig, InstanceError, build_unit
+from bert_jax.data.tokenizer import TokenizerError, WordPieceTokenizer, load_tokenizer
+
+BUILD_ARGS = "build_args.json"
+DEFAULT_UNIT_CHARS = 1_000_000
+
+
+def iter_units(docs: Iterator[RawDocument], unit_chars: int) -> Iterator[tuple[RawDocument, ...]]:
+    unit: list[RawDocument] = []
+    size = 0
+    for doc in docs:
+        unit.append(doc)
+        size += doc.num_chars
+        if size >= unit_chars:
+            yield tuple(unit)
+            unit, size = [], 0
+    if unit:
+        yield tuple(unit)
+
+
+def _shard_meta(arrays: dict[str, np.ndarray], stats: dict, unit_index: int) -> dict:
+    labels, counts = np.unique(arrays["sentence_label"], return_counts=True)
+    return {
+        "unit": unit_index,
+        "max_token_id": int(arrays["input_ids"].max()) if arrays["input_ids"].size else -1,
+        "label_counts": {str(int(k)): int(v) for k, v in zip(labels, counts)},
+        "stats": stats,
+    }
+
+
+def _write_unit(docs, unit_index: int, out_dir: str, tokenizer: WordPieceTokenizer, config: InstanceConfig, seed: int) -> dict:
+    arrays, stats = build_unit(docs, tokenizer, config, seed, unit_index)
+    meta = _shard_meta(arrays, stats, unit_index)
+    shards.write_shard(out_dir, unit_index, arrays, meta)
+    return {"examples": len(arrays["input_ids"]), **meta}
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_tokenizer(path: str, lowercase: bool, fingerprint: str) -> WordPieceTokenizer:
+    tokenizer = load_tokenizer(path, lowercase)
+    if tokenizer.fingerprint != fingerprint:
+        raise shards.DataError(f"vocab {path} changed while make-data was running; rerun it")
+    return tokenizer
+
+
+def _worker_init() -> None:
+    # One tokenizer thread per worker process: the parallelism comes from the processes.
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:  # die with the parent (Linux), so a killed build leaves no worker writing shards behind
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_task(docs, unit_index, out_dir, vocab_path, lowercase, fingerprint, config, seed) -> dict:
+    return _write_unit(docs, unit_index, out_dir, _worker_tokenizer(vocab_path, lowercase, fingerprint), config, seed)
+
+
+def _read_finished(out_dir: str, unit_index: int) -> dict:
+    with open(os.path.join(out_dir, shards.shard_name(unit_index), "meta.json")) as f:
+        return json.load(f)
+
+
+def _check_args(out_dir: str, args: dict) -> dict | None:
+    """Refuse a directory built with other arguments; return its manifest when it is already complete."""
+    manifest_path = os.path.join(out_dir, shards.MANIFEST)
+    args_path = os.path.join(out_dir, BUILD_ARGS)
+    old = None
+    if os.path.isfile(manifest_path):
+        old = shards.read_manifest(out_dir).get("builder_args")
+    elif os.path.isfile(args_path):
+        with open(args_path) as f:
+            old = json.load(f)
+    elif os.path.isdir(out_dir) and any(name.startswith("shard-") for name in os.listdir(out_dir)):
+        raise shards.DataError(f"{out_dir} holds shards of unknown origin (no {BUILD_ARGS}); pass an empty --output")
+    if old is None:
+        return None
+    for key in sorted(set(old) | set(args)):
+        if old.get(key) != args.get(key):
+            shown = lambda v: json.dumps(v)[:200]  # noqa: E731
+            raise shards.DataError(
+                f"{out_dir} holds a dataset built with {key}={shown(old.get(key))}, not {shown(args.get(key))}; "
+                "pass another --output or delete that directory"
+            )
+    return shards.read_manifest(out_dir) if os.path.isfile(manifest_path) else None
+
+
+def build_dataset(
+    inputs: Sequence[str],
+    output_dir: str,
+    vocab: str,
+    *,
+    mode: str = "segment-pair",
+    seq_len: int = 128,
+    seed: int = 0,
+    workers: int = 1,
+    reader: ReaderOptions = ReaderOptions(),
+    short_seq_prob: float = 0.1,
+    dupe_factor: int = 1,
+    unit_chars: int = DEFAULT_UNIT_CHARS,
+    lowercase: bool | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict:
+    """Build (or finish, or just open) the dataset in `output_dir`; returns its manifest."""
+    config = InstanceConfig(mode=mode, seq_len=seq_len, short_seq_prob=short_seq_prob, dupe_factor=dupe_factor)
+    if workers < 1 or unit_chars < 1:
+        raise shards.DataError("--workers and --unit_chars must be at least 1")
+    tokenizer = load_tokenizer(vocab, lowercase)
+    files = expand_inputs(inputs)
+    args = {
+        "mode": mode, "seq_len": seq_len, "seed": seed, "short_seq_prob": short_seq_prob,
+        "random_next_prob": config.random_next_prob, "swap_prob": config.swap_prob, "dupe_factor": dupe_factor,
+        "unit_chars": unit_chars, "format": reader.format, "text_field": reader.text_field,
+        "doc_boundary": reader.doc_boundary, "max_line_bytes": reader.max_line_bytes,
+        "max_doc_chars": reader.max_doc_chars, "vocab_fingerprint": tokenizer.fingerprint,
+        "lowercase": tokenizer.lowercase, "sources": list(inputs),
+        "input_files": [[os.path.abspath(f), os.path.getsize(f)] for f in files],
+    }
+    done = _check_args(output_dir, args)
+    if done is not None:
+        log(f"make-data: {output_dir} is already complete ({done['examples']} examples)")
+        return done
+    os.makedirs(output_dir, exist_ok=True)
+    shards.write_json_atomic(os.path.join(output_dir, BUILD_ARGS), args)
+    for name in os.listdir(output_dir):  # half-written leftovers of a killed run
+        if name.startswith((".shard-", ".tmp-")):
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+    start = time.perf_counter()
+    reader_stats: collections.Counter = collections.Counter()
+    units = iter_units(iter_raw_documents(files, reader, reader_stats), unit_chars)
+    metas: list[dict] = []
+    built = 0
+    if workers == 1:
+        for u, docs in enumerate(units):
+            if shards.shard_is_complete(output_dir, u):
+                metas.append(_read_finished(output_dir, u))
+            else:
+                metas.append(_write_unit(docs, u, output_dir, tokenizer, config, seed))
+                built += 1
+    else:
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once jax's threads exist in the caller
+        task_args = (output_dir, tokenizer.path, tokenizer.lowercase, tokenizer.fingerprint, config, seed)
+        with ctx.Pool(workers, initializer=_worker_init) as pool:
+            pending: collections.deque = collections.deque()
+            for u, docs in enumerate(units):
+                if shards.shard_is_complete(output_dir, u):
+                    pending.append((u, None))
+                else:
+                    pending.append((u, pool.apply_async(_worker_task, (docs, u, *task_args))))
+                    built += 1
+                while len(pending) > 2 * workers or (pending and pending[0][1] is None):
+                    u0, result = pending.popleft()
+                    metas.append(_read_finished(output_dir, u0) if result is None else result.get())
+            while pending:
+                u0, result = pending.popleft()
+                metas.append(_read_finished(output_dir, u0) if result is None else result.get())
+    elapsed = time.perf_counter() - start
+
+    manifest = _manifest(metas, args, tokenizer, reader_stats)
+    if manifest["documents"] == 0:
+        hint = f" ({reader_stats['missing_text_field']} JSON lines lack --text_field {reader.text_field!r})" \
+            if reader_stats["missing_text_field"] else ""
+        raise CorpusError(f"--input {' '.join(inputs)} holds no text{hint}; point --input at non-empty text files")
+    shards.write_json_atomic(os.path.join(output_dir, shards.MANIFEST), manifest)
+    log(f"make-data: {manifest['examples']} examples in {len(metas)} shards ({built} built now) from "
+        f"{manifest['documents']} documents, {manifest['tokens']} tokens, {elapsed:.1f}s -> {output_dir}")
+    return manifest
+
+
+def _manifest(metas: list[dict], args: dict, tokenizer: WordPieceTokenizer, reader_stats: collections.Counter) -> dict:
+    totals: collections.Counter = collections.Counter()
+    labels: collections.Counter = collections.Counter()
+    for meta in metas:
+        totals.update(meta["stats"])
+        labels.update(meta["label_counts"])
+    skipped_keys = ("empty_documents", "one_sentence_documents", "unsplittable_chunks")
+    skipped = {k: totals[k] for k in skipped_keys if totals[k]}
+    skipped.update({k: reader_stats[k] for k in ("long_lines_skipped", "invalid_json_lines", "missing_text_field")
+                    if reader_stats[k]})
+    return {
+        "format_version": shards.FORMAT_VERSION,
+        "mode": args["mode"],
+        "seq_len": args["seq_len"],
+        "vocab_size": tokenizer.vocab_size,
+        "vocab_fingerprint": tokenizer.fingerprint,
+        "lowercase": tokenizer.lowercase,
+        "vocab_path": tokenizer.path,
+        "special_ids": tokenizer.special_ids,
+        "max_token_id": max((m["max_token_id"] for m in metas), default=-1),
+        "seed": args["seed"],
+        "examples": sum(m["examples"] for m in metas),
+        "shards": [{"name": shards.shard_name(m["unit"]), "examples": m["examples"]} for m in metas],
+        "documents": totals["documents"],
+        "sentences": totals["sentences"],
+        "tokens": totals["tokens"],
+        "sentence_label_counts": dict(sorted(labels.items())),
+        "skipped": skipped,
+        "documents_split": reader_stats["documents_split"],
+        "sentences_cut": totals["sentences_cut"],
+        "invalid_utf8_replacements": reader_stats["invalid_utf8_replacements"],
+        "sources": args["sources"],
+        "builder_args": args,
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bert-jax make-data", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", action="append", required=True, help="file or glob (repeatable); 'builtin' for the built-in corpus")
+    p.add_argument("--output", required=True, help="dataset directory")
+    p.add_argument("--vocab", help="vocab.txt or a directory with one (required unless --input builtin)")
+    case = p.add_mutually_exclusive_group()
+    case.add_argument("--cased", dest="lowercase", action="store_false", default=None)
+    case.add_argument("--uncased", dest="lowercase", action="store_true")
+    p.add_argument("--mode", choices=MODES, default="segment-pair")
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--format", choices=FORMATS, default="auto")
+    p.add_argument("--text_field", default="text")
+    p.add_argument("--doc_boundary", choices=("file", "blank_line"), default="file")
+    p.add_argument("--short_seq_prob", type=float, default=0.1)
+    p.add_argument("--dupe_factor", type=int, default=1)
+    p.add_argument("--unit_chars", type=int, default=DEFAULT_UNIT_CHARS, help="characters of text per shard")
+    p.add_argument("--max_line_bytes", type=int, default=ReaderOptions.max_line_bytes)
+    p.add_argument("--max_doc_chars", type=int, default=ReaderOptions.max_doc_chars)
+    p.add_argument("--vocab_size", type=int, default=8192, help="--input builtin without --vocab: vocab to train")
+    p.add_argument("--num_docs", type=int, default=None, help="--input builtin: number of documents to generate")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        if a.input == ["builtin"]:
+            from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, prepare_builtin_dataset
+
+            prepare_builtin_dataset(
+                os.path.join(a.output, "builtin-source"), mode=a.mode, seq_len=a.seq_len, vocab_size=a.vocab_size,
+                seed=a.seed, num_docs=a.num_docs or DEFAULT_NUM_DOCS, workers=a.workers, vocab=a.vocab,
+                dataset_dir=a.output, short_seq_prob=a.short_seq_prob, dupe_factor=a.dupe_factor,
+            )
+            return 0
+        if not a.vocab:
+            print("make-data: --vocab is required (train one with `bert-jax train-tokenizer`, or use --input builtin)",
+                  file=sys.stderr)
+            return 2
+        reader = ReaderOptions(format=a.format, text_field=a.text_field, doc_boundary=a.doc_boundary,
+                               max_line_bytes=a.max_line_bytes, max_doc_chars=a.max_doc_chars)
+        build_dataset(a.input, a.output, a.vocab, mode=a.mode, seq_len=a.seq_len, seed=a.seed, workers=a.workers,
+                      reader=reader, short_seq_prob=a.short_seq_prob, dupe_factor=a.dupe_factor,
+                      unit_chars=a.unit_chars, lowercase=a.lowercase)
+    except (CorpusError, InstanceError, TokenizerError, shards.DataError) as e:  # one-line messages by design
+        print(f"make-data: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

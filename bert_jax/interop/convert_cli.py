@@ -1,0 +1,188 @@
+"""`bert-jax convert`, the bert_jax params file it writes, and the params-tree utilities both use.
+
+Params file format ("bert_jax.params/1"): ONE msgpack file (flax.serialization) holding a dict
+    {"format": "bert_jax.params/1", "model_config": <JSON of ModelConfig.to_dict()>, "params": <tree>}
+where the tree is the unboxed `params` collection of `BertForPreTraining(config)` as numpy arrays, in the
+layer layout of `model_config.scan_layers`. It is written to a temporary name and renamed, so a reader
+never sees a partial file. Task models reuse the encoder subtree (`params["encoder"]`).
+
+    bert-jax convert --from-hf HF_DIR --to PARAMS.msgpack [--heads init|require] [--seed N] [--scan-layers]
+    bert-jax convert --from PARAMS.msgpack --to-hf HF_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization, traverse_util
+
+from bert_jax.model import BertForPreTraining, ModelConfig
+
+PARAMS_FORMAT = "bert_jax.params/1"
+
+
+class ParamsFileError(ValueError):
+    """A params file that is missing, of another format, or inconsistent with its model config."""
+
+
+def expected_param_shapes(config: ModelConfig) -> dict:
+    """ShapeDtypeStructs of the unboxed `params` collection of BertForPreTraining(config), without allocating."""
+    ids = jnp.zeros((1, 2), jnp.int32)
+    shapes = jax.eval_shape(lambda: BertForPreTraining(config).init(jax.random.key(0), ids))
+    return nn.meta.unbox(shapes)["params"]
+
+
+def host_params(params: Mapping) -> dict:
+    """Unboxed numpy copy of `params`; accepts boxed trees and a {'params': ...} variables dict."""
+    params = nn.meta.unbox(params)
+    if set(params) == {"params"}:
+        params = params["params"]
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(dict(params)))
+
+
+def check_param_tree(params: Mapping, config: ModelConfig, what: str = "params") -> None:
+    """Raise ParamsFileError unless `params` has exactly the paths and shapes BertForPreTraining(config) has."""
+    want = {k: v.shape for k, v in traverse_util.flatten_dict(expected_param_shapes(config), sep="/").items()}
+    have = {k: np.shape(v) for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = sorted(f"{k} {have[k]} (want {want[k]})" for k in set(want) & set(have) if have[k] != want[k])
+    if missing or extra or wrong:
+        raise ParamsFileError(f"{what} do not match model config (scan_layers={config.scan_layers}): "
+                              f"missing {missing[:8]}, unexpected {extra[:8]}, wrong shape {wrong[:8]}")
+
+
+def to_scanned_layout(params: Mapping, num_layers: int) -> dict:
+    """`encoder/layer_{i}/...` -> `encoder/layers/layer/...` with a leading layer axis (scan_layers=True)."""
+    encoder = dict(params["encoder"])
+    layers = [encoder.pop(f"layer_{i}") for i in range(num_layers)]
+    encoder["layers"] = {"layer": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)}
+    return {**params, "encoder": encoder}
+
+
+def to_unscanned_layout(params: Mapping, num_layers: int) -> dict:
+    """Inverse of `to_scanned_layout`."""
+    encoder = dict(params["encoder"])
+    stacked = encoder.pop("layers")["layer"]
+    for i in range(num_layers):
+        encoder[f"layer_{i}"] = jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), stacked)
+    return {**params, "encoder": encoder}
+
+
+def relayout(params: Mapping, num_layers: int, from_scanned: bool, to_scanned: bool) -> dict:
+    if from_scanned == to_scanned:
+        return dict(params)
+    if to_scanned:
+        return to_scanned_layout(params, num_layers)
+    return to_unscanned_layout(params, num_layers)
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_params(path: str, config: ModelConfig, params: Mapping) -> None:
+    """Write `params` (boxed or not, on device or host) with `config` to one atomically-replaced file."""
+    params = host_params(params)
+    check_param_tree(params, config)
+    payload = serialization.msgpack_serialize(
+        {"format": PARAMS_FORMAT, "model_config": json.dumps(config.to_dict()), "params": params})
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(payload)
+
+    write_atomically(path, write)
+
+
+def load_params(path: str, scan_layers: bool | None = None) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, numpy params) from a file written by `save_params`; `scan_layers` re-lays the layers
+    out (stacked for nn.scan or one subtree per layer) when it differs from the saved layout."""
+    if not os.path.isfile(path):
+        raise ParamsFileError(f"params file {path!r} does not exist; write it with `bert-jax convert` or save_params")
+    with open(path, "rb") as f:
+        payload = serialization.msgpack_restore(f.read())
+    if not isinstance(payload, dict) or payload.get("format") != PARAMS_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ParamsFileError(f"{path!r} is not a {PARAMS_FORMAT} file (format {found!r}); "
+                              "convert it with `bert-jax convert`")
+    config = ModelConfig.from_dict(json.loads(payload["model_config"]))
+    params = payload["params"]
+    if scan_layers is not None and scan_layers != config.scan_layers:
+        params = relayout(params, config.num_layers, config.scan_layers, scan_layers)
+        config = config.replace(scan_layers=scan_layers)
+    check_param_tree(params, config, f"params in {path!r}")
+    return config, params
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bert-jax convert",
+        description="Convert a transformers BERT checkpoint to a bert_jax params file, or back.")
+    parser.add_argument("--from-hf", metavar="DIR", help="transformers checkpoint directory to read")
+    parser.add_argument("--to", metavar="PATH", help="bert_jax params file to write (with --from-hf)")
+    parser.add_argument("--from", dest="from_path", metavar="PATH", help="bert_jax params file to read")
+    parser.add_argument("--to-hf", metavar="DIR", help="transformers checkpoint directory to write (with --from)")
+    parser.add_argument("--heads", choices=("init", "require"), default="init",
+                        help="heads missing from the checkpoint: initialise freshly (default) or fail")
+    parser.add_argument("--seed", type=int, default=0, help="seed for freshly initialised heads")
+    parser.add_argument("--scan-layers", action="store_true", help="write params in the nn.scan layer layout")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output")
+    return parser
+
+
+def _from_hf(args) -> str:
+    from bert_jax.interop.hf_bert import load_hf_checkpoint
+
+    if os.path.exists(args.to) and not args.force:
+        raise ParamsFileError(f"--to {args.to!r} exists; pass --force to overwrite it")
+    config, params = load_hf_checkpoint(args.from_hf, heads=args.heads, seed=args.seed, scan_layers=args.scan_layers)
+    save_params(args.to, config, params)
+    return args.to
+
+
+def _to_hf(args) -> str:
+    from bert_jax.interop.hf_bert import save_hf_checkpoint
+
+    existing = [n for n in ("config.json", "model.safetensors") if os.path.exists(os.path.join(args.to_hf, n))]
+    if existing and not args.force:
+        raise ParamsFileError(f"--to-hf {args.to_hf!r} already holds {existing}; pass --force to overwrite")
+    config, params = load_params(args.from_path)
+    save_hf_checkpoint(args.to_hf, config, params)
+    return args.to_hf
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if bool(args.from_hf) == bool(args.to_hf):
+        parser.error("give exactly one direction: --from-hf DIR --to PATH, or --from PATH --to-hf DIR")
+    if args.from_hf and (not args.to or args.from_path):
+        parser.error("--from-hf DIR needs --to PATH (and no --from)")
+    if args.to_hf and (not args.from_path or args.to):
+        parser.error("--to-hf DIR needs --from PATH (and no --to)")
+    try:
+        written = _from_hf(args) if args.from_hf else _to_hf(args)
+    except ValueError as e:  # ConversionError, ParamsFileError, bad ModelConfig: one line, no traceback
+        print(f"bert-jax convert: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Next-sentence prediction (BERT): is segment B the text that followed A (0) or a random one (1)?"""
+import jax.numpy as jnp
+
+from bert_jax.model.heads import Classifier, Pooler
+from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
+
+
+def sentence_pair_denominators(prefix):
+    def denominators(batch):
+        n = (batch["sentence_label"] >= 0).sum()
+        return {f"{prefix}_loss": n, f"{prefix}_accuracy": n}
+    return denominators
+
+
+def sentence_pair_forward(prefix):
+    def forward(ctx):
+        pooled = Pooler(ctx.config, name="pooler")(ctx.encode().sequence)
+        logits = Classifier(ctx.config, 2, name=f"{prefix}_head")(pooled)
+        labels = ctx.batch["sentence_label"]
+        loss, correct = weighted_cross_entropy(logits, jnp.maximum(labels, 0), labels >= 0)
+        return {f"{prefix}_loss": loss, f"{prefix}_accuracy": correct}
+    return forward
+
+
+NSP = register(Objective(name="nsp", data_modes=("segment-pair",), masking="none",
+                         denominators=sentence_pair_denominators("nsp"), forward=sentence_pair_forward("nsp"),
+                         loss_weights={"nsp_loss": 1.0}))

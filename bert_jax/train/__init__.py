@@ -1,0 +1,1 @@
+"""Training machinery: optimiser chain, gradient accumulation, checkpointing, train step and loop."""

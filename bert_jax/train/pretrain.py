@@ -1,0 +1,355 @@
+"""`bert-jax pretrain`: one linear script. Config -> mesh -> data -> sharded state -> steps -> checkpoints.
+
+    bert-jax pretrain --config configs/pretrain.py:tiny --workdir /tmp/run [--config.train.steps=100 ...]
+
+Resumes automatically from the newest complete checkpoint in `<workdir>/checkpoints`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bert_jax import configlib
+from bert_jax.data.masking import MaskingConfig, num_predictions
+from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
+from bert_jax.data.shards import read_manifest
+from bert_jax.model.config import ModelConfig
+from bert_jax.objectives.base import ObjectiveSet, PretrainModel
+from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, data_parallel_size, make_mesh
+from bert_jax.train import checkpoint as ckpt
+from bert_jax.train.flops import train_flops_per_step
+from bert_jax.train.metrics_writer import MetricsWriter
+from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
+from bert_jax.train.state import create_sharded_state, example_batch
+from bert_jax.train.step import TrainState, make_eval_step, make_train_step, summarize
+
+log = logging.getLogger("bert_jax.pretrain")
+# Fields a checkpoint must agree on to be resumed (or used by init_from) by this run.
+COMPATIBLE_FIELDS = ("model.vocab_size", "model.hidden_size", "model.num_layers", "model.num_heads",
+                     "model.intermediate_size", "model.embedding_size", "model.share_layers",
+                     "model.position_embedding", "model.activation", "model.norm", "objectives")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _say(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def setup_distributed(config: ml_collections.ConfigDict) -> None:
+    d = config.distributed
+    if not d.enabled:
+        return
+    kwargs = {}
+    if d.coordinator_address:
+        kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                      process_id=d.process_id)
+    jax.distributed.initialize(**kwargs)  # no arguments: discovered automatically on TPU VMs and SLURM
+
+
+def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, workdir: str) -> tuple[str, str]:
+    """(train dir, eval dir or ''). "builtin" generates, tokenises and caches the built-in corpus."""
+    data = config.data
+    if data.path != "builtin":
+        return data.path, data.eval_path
+    from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, prepare_builtin_dataset
+
+    mode = data.mode or objectives.data_modes[0]
+    cache = os.path.join(workdir, "data")
+    docs = data.builtin_docs or DEFAULT_NUM_DOCS
+    kwargs = dict(mode=mode, seq_len=data.seq_len, vocab_size=data.builtin_vocab_size, log=lambda m: None)
+    if jax.process_index() == 0:
+        train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=docs, **kwargs)
+        # Held out: documents of another seed, tokenised with the training vocab.
+        vocab = os.path.join(cache, f"vocab-v{data.builtin_vocab_size}-docs{docs}-seed0")
+        eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
+                                                             vocab=vocab, **kwargs)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("builtin data ready")
+    train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=docs, **kwargs)
+    vocab = os.path.join(cache, f"vocab-v{data.builtin_vocab_size}-docs{docs}-seed0")
+    eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
+                                                         vocab=vocab, **kwargs)
+    return train_dir, eval_dir
+
+
+def resolve_model(config: ml_collections.ConfigDict, manifest: dict, objectives: ObjectiveSet) -> ModelConfig:
+    values = config.model.to_dict()
+    if not values.get("vocab_size"):
+        values["vocab_size"] = int(manifest["vocab_size"])
+        with config.model.ignore_type():
+            config.model.vocab_size = values["vocab_size"]
+    values["causal"] = values.get("causal") or objectives.causal
+    model_cfg = ModelConfig.from_dict(values)
+    if manifest["vocab_size"] != model_cfg.vocab_size:
+        raise ValueError(f"data vocab size {manifest['vocab_size']} != model.vocab_size {model_cfg.vocab_size}; "
+                         "rebuild the data with the model's vocab or set --config.model.vocab_size=0")
+    return model_cfg
+
+
+def masking_config(config: ml_collections.ConfigDict, objectives: ObjectiveSet) -> MaskingConfig:
+    d = config.data
+    kind = objectives.masking
+    if kind == "mlm" and d.whole_word:
+        kind = "wwm"
+    return MaskingConfig(kind=kind, rate=d.mask_rate, mask_ratio=d.mask_ratio, random_ratio=d.random_ratio,
+                         keep_ratio=d.keep_ratio, max_predictions=d.max_predictions)
+
+
+def _global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
+
+
+def _pmap_batch(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = jax.local_device_count()
+    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in local.items()}
+
+
+def load_init_params(path: str, abstract_params: Any) -> Any:
+    """Params from another run's newest checkpoint (phase two, continued pretraining)."""
+    manager = ckpt.open_manager(os.path.join(path, "checkpoints") if os.path.isdir(
+        os.path.join(path, "checkpoints")) else path, async_save=False)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"train.init_from={path!r} holds no checkpoint; point it at a pretraining workdir")
+    meta = manager.item_metadata(step)["state"]
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), meta)
+    restored = manager.restore(step, args=ckpt.ocp.args.Composite(state=ckpt.ocp.args.StandardRestore(target)))
+    params = restored["state"]["params"]
+    if jax.tree.structure(params) != jax.tree.structure(abstract_params):
+        raise ValueError(f"train.init_from={path!r}: its params do not match this model's tree; "
+                         "check model.* against that run's config.json")
+    return jax.tree.map(lambda a, p: jnp.asarray(p, a.dtype), abstract_params, params)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    setup_distributed(config)
+    os.makedirs(workdir, exist_ok=True)
+    objectives = ObjectiveSet.parse(config.objectives, config.objective_options.to_dict())
+    train_dir, eval_dir = prepare_data(config, objectives, workdir)
+    manifest = read_manifest(train_dir)
+    if manifest["mode"] not in objectives.data_modes:
+        raise ValueError(f"data {train_dir} was built in mode {manifest['mode']!r}, objectives {config.objectives!r} "
+                         f"need one of {objectives.data_modes}; rebuild it with `bert-jax make-data --mode ...`")
+    model_cfg = resolve_model(config, manifest, objectives)
+    masking = masking_config(config, objectives)
+    t = config.train
+    seq_len = int(manifest["seq_len"])
+    predictions = num_predictions(masking, seq_len) if masking.kind != "none" else 1
+    opt_cfg = OptimizerConfig.from_config(config.optimizer)
+    if opt_cfg.total_steps != t.steps:
+        with config.optimizer.ignore_type():
+            config.optimizer.total_steps = t.steps
+        opt_cfg = dataclasses.replace(opt_cfg, total_steps=t.steps,
+                                      warmup_steps=min(opt_cfg.warmup_steps, t.steps))
+    optimizer, schedule = make_optimizer(opt_cfg)
+    model = PretrainModel(model_cfg, objectives)
+
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        _say(f"config:\n{config}")
+
+    mesh = make_mesh(config.mesh.to_dict())
+    dp = data_parallel_size(mesh) if t.strategy == "mesh" else jax.device_count()
+    if t.global_batch_size % dp:
+        raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by the {dp} data-parallel "
+                         f"devices; use a multiple of {dp}")
+    if t.global_batch_size % (dp * opt_cfg.grad_accum_steps):
+        raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide into grad_accum_steps="
+                         f"{opt_cfg.grad_accum_steps} micro-batches of a multiple of {dp} rows")
+    init_batch = example_batch(t.global_batch_size, seq_len, predictions)
+    state, abstract, shardings = create_sharded_state(model, optimizer, init_batch, mesh, t.seed)
+
+    manager = ckpt.open_manager(os.path.join(workdir, "checkpoints"), keep_last=t.keep_checkpoints,
+                                async_save=t.async_checkpoints)
+    restored = ckpt.restore_latest(manager, ckpt.abstract_target(abstract, shardings))
+    data_state = None
+    if restored is not None:
+        ckpt.check_compatible(restored.config, config.to_dict(), COMPATIBLE_FIELDS)
+        if restored.manifest and restored.manifest.get("vocab_fingerprint") != manifest.get("vocab_fingerprint"):
+            raise ValueError(f"checkpoint {restored.path} was trained on data with vocab fingerprint "
+                             f"{restored.manifest.get('vocab_fingerprint')}, {train_dir} has "
+                             f"{manifest.get('vocab_fingerprint')}; use the same vocab or a new workdir")
+        state, data_state = restored.state, restored.data_iter
+        _say(f"resumed from {restored.path} at step {int(state.step)}")
+    elif t.init_from:
+        params = load_init_params(t.init_from, abstract.params)
+        params = jax.device_put(params, shardings.params)
+        state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
+        _say(f"initialised params from {t.init_from}")
+
+    process_index, process_count = jax.process_index(), jax.process_count()
+    data_kwargs = dict(expected_vocab_fingerprint=manifest.get("vocab_fingerprint"), vocab_size=model_cfg.vocab_size,
+                       max_positions=model_cfg.max_position_embeddings, process_index=process_index,
+                       process_count=process_count, num_threads=config.data.num_threads)
+    train_iter = make_pretrain_iterator(train_dir, t.global_batch_size, t.seed, masking, packing=config.data.packing,
+                                        **data_kwargs)
+    if data_state is not None:
+        train_iter.set_state(data_state)
+
+    train_step = make_train_step(model, objectives, optimizer, schedule, opt_cfg.grad_accum_steps,
+                                 axis_name="batch" if t.strategy == "pmap" else None)
+    eval_step = make_eval_step(model, objectives, axis_name="batch" if t.strategy == "pmap" else None)
+    if t.strategy == "pmap":
+        devices = jax.local_devices()
+        p_train = jax.pmap(train_step, axis_name="batch", donate_argnums=(0,))
+        p_eval = jax.pmap(eval_step, axis_name="batch")
+        host_state = jax.device_get(state)
+        state = jax.device_put_replicated(host_state, devices)
+        run_step = lambda s, b: p_train(s, _pmap_batch(b))
+        run_eval = lambda p, b: jax.tree.map(lambda x: x[0], p_eval(p, _pmap_batch(b)))
+        unreplicate = lambda s: jax.tree.map(lambda x: x[0], s)
+    elif t.strategy == "mesh":
+        metric_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        jit_train = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, metric_sharding),
+                            donate_argnums=(0,))
+        jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, None), out_shardings=metric_sharding)
+
+        def run_step(s, b):
+            with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+                return jit_train(s, _global_batch(b, mesh))
+
+        def run_eval(p, b):
+            with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+                return jit_eval(p, _global_batch(b, mesh))
+
+        unreplicate = lambda s: s
+    else:
+        raise ValueError(f"train.strategy={t.strategy!r} is unknown; choose 'mesh' or 'pmap'")
+
+    def evaluate(params) -> dict[str, float]:
+        if not eval_dir:
+            return {}
+        it = make_eval_iterator(eval_dir, t.global_batch_size, masking, mask_seed=t.seed, **data_kwargs)
+        totals: dict[str, float] = {}
+        for i, batch in enumerate(it):
+            if t.eval_batches and i >= t.eval_batches:
+                break
+            for k, v in jax.device_get(run_eval(params, batch)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        out = summarize(totals)
+        if "mlm_loss" in out:
+            out["mlm_perplexity"] = float(np.exp(min(out["mlm_loss"], 50.0)))
+        return out
+
+    writer = MetricsWriter(workdir, enabled=process_index == 0)
+    preempted = ckpt.install_preemption_handler()
+    flops = train_flops_per_step(model_cfg, t.global_batch_size, seq_len, predictions)
+    start = int(jax.device_get(unreplicate(state).step))
+    tokens_per_step = t.global_batch_size * seq_len
+    progress = None
+    if t.progress_bar and process_index == 0:
+        from tqdm import tqdm
+        progress = tqdm(total=t.steps, initial=start, desc="pretrain", dynamic_ncols=True, file=sys.stdout)
+    config_dict = json.loads(config.to_json_best_effort())
+
+    def save(step: int, s) -> None:
+        ckpt.save_checkpoint(manager, step, state=unreplicate(s), data_iter=train_iter.get_state(),
+                             config=config_dict, manifest=manifest)
+
+    last: dict[str, float] = {}
+    pending = None  # metrics of the previous step, fetched one step late so the host never stalls the device
+    window_start, window_steps = time.perf_counter(), 0
+
+    def flush(pending_step, metrics) -> None:
+        nonlocal last, window_start, window_steps
+        host = jax.device_get(metrics)
+        if t.strategy == "pmap":
+            host = jax.tree.map(lambda x: x[0], host)
+        if float(host["nonfinite"]) > 0:
+            if t.on_nonfinite == "stop":
+                good = ckpt.complete_steps(os.path.join(workdir, "checkpoints"))
+                raise NonFiniteLossError(
+                    f"loss or gradient is not finite at step {pending_step}; stopping. The last good checkpoint is "
+                    f"{'step ' + str(good[-1]) if good else 'none'} in {workdir}/checkpoints (lower the learning "
+                    "rate, or set train.on_nonfinite=skip)")
+            log.warning("skipped the update of step %d: loss or gradient not finite", pending_step)
+        summary = summarize(host)
+        last = summary
+        return summary
+
+    step = start
+    skipped = 0
+    try:
+        while step < t.steps:
+            batch = next(train_iter)
+            state, metrics = run_step(state, batch)
+            step += 1
+            window_steps += 1
+            if pending is not None:
+                summary = flush(*pending)
+                skipped += int(summary["nonfinite"])
+                if pending[0] % t.log_every == 0 or pending[0] == t.steps:
+                    elapsed = time.perf_counter() - window_start
+                    rate = tokens_per_step * (window_steps - 1) / max(elapsed, 1e-9)
+                    summary.update(tokens_per_second=rate, step_time=elapsed / max(window_steps - 1, 1),
+                                   skipped_steps=float(skipped))
+                    if t.peak_tflops:
+                        summary["mfu"] = flops * (window_steps - 1) / max(elapsed, 1e-9) / (
+                            t.peak_tflops * 1e12 * jax.device_count())
+                    writer.write(pending[0], summary)
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=f"{rate:,.0f}")
+                    window_start, window_steps = time.perf_counter(), 1
+            pending = (step, metrics)
+            if progress is not None:
+                progress.update(1)
+            if t.eval_every and step % t.eval_every == 0:
+                eval_metrics = evaluate(unreplicate(state).params)
+                if eval_metrics:
+                    writer.write(step, eval_metrics, prefix="eval")
+                    _say(f"step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
+            if ckpt.should_save(step, every=t.checkpoint_every, total_steps=t.steps, preempted=preempted()):
+                save(step, state)
+            if preempted():
+                _say(f"preempted: saved step {step}, exiting")
+                break
+        if pending is not None:
+            flush(*pending)
+            writer.write(pending[0], last)
+    finally:
+        ckpt.wait_for_saves(manager)
+        writer.close()
+        if progress is not None:
+            progress.close()
+    return {"step": float(step), **last}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rest, overrides = configlib.split_config_args(argv)
+        parser = argparse.ArgumentParser(prog="bert-jax pretrain", description=__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--config", required=True, help="configs/<file>.py[:variant]")
+        parser.add_argument("--workdir", required=True, help="checkpoints, metrics and the resolved config go here")
+        args = parser.parse_args(rest)
+        config = configlib.load_config(args.config, overrides)
+    except configlib.ConfigError as e:
+        print(f"bert-jax pretrain: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        final = run(config, args.workdir)
+    except NonFiniteLossError as e:
+        print(f"bert-jax pretrain: {e}", file=sys.stderr)
+        return 3
+    _say("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
+    return 0

@@ -1,0 +1,99 @@
+"""The pure training and evaluation steps, shared by the mesh (jit) and pmap strategies.
+
+Losses are normalised by counts over the *whole global batch* (computed from the batch before the forward
+pass), so gradient accumulation and data parallelism give exactly the big-batch update. Under pmap
+(`axis_name` set) the counts, sums and gradients are psum'd across devices; under jit the batch is a global
+array and plain sums are already global.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from bert_jax.objectives.base import ObjectiveSet, PretrainModel
+from bert_jax.train.optimizer import accumulate_gradients, split_micro_batches
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: number of updates applied
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32[2] key; the step's key is fold_in(rng, step), so nothing to carry over
+
+
+def _psum(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: optax.GradientTransformation,
+                    schedule: Callable, grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable:
+    """Returns train_step(state, batch) -> (state, metrics); metrics hold sums and counts (divide on host).
+
+    A step whose loss or gradient is not finite leaves params and optimiser state untouched and counts
+    `nonfinite` = 1; the caller decides to stop or go on (config `train.on_nonfinite`)."""
+
+    def summed_loss(params, batch, denominators, key):
+        sums = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": key})
+        return objectives.total_loss(sums, denominators), sums
+
+    def train_step(state: TrainState, batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        denominators = {k: _psum(v, axis_name) for k, v in objectives.denominators(batch).items()}
+        grad_fn = jax.grad(summed_loss, has_aux=True)
+        if grad_accum_steps == 1:
+            grads, sums = grad_fn(state.params, batch, denominators, key)
+        else:
+            micro = split_micro_batches(batch, grad_accum_steps)
+            grads, sums = accumulate_gradients(lambda p, b, k: grad_fn(p, b, denominators, k), state.params,
+                                               micro, denominator_key=None, rng=key)
+        grads = _psum(grads, axis_name)
+        sums = {k: _psum(v, axis_name) for k, v in sums.items()}
+        loss = objectives.total_loss(sums, denominators)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                                  opt_state=keep(opt_state, state.opt_state))
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                   "nonfinite": 1.0 - finite.astype(jnp.float32)}
+        metrics.update({f"sum/{k}": v for k, v in sums.items()})
+        metrics.update({f"count/{k}": v for k, v in denominators.items()})
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: PretrainModel, objectives: ObjectiveSet, axis_name: str | None = None) -> Callable:
+    """eval_step(params, batch) -> sums and counts (padding rows carry zero weights, so they count for nothing)."""
+
+    def eval_step(params, batch):
+        sums = model.apply({"params": params}, batch, deterministic=True)
+        denominators = objectives.denominators(batch)
+        metrics = {f"sum/{k}": _psum(v, axis_name) for k, v in sums.items()}
+        metrics.update({f"count/{k}": _psum(v, axis_name) for k, v in denominators.items()})
+        return metrics
+
+    return eval_step
+
+
+def summarize(metrics: dict) -> dict[str, float]:
+    """Host side: turn sums/counts into means; other entries pass through as floats."""
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith("sum/"):
+            term = key[4:]
+            count = float(metrics.get(f"count/{term}", 0.0))
+            if count > 0:
+                out[term] = float(value) / count
+        elif not key.startswith("count/"):
+            out[key] = float(value)
+    return out

@@ -1,0 +1,76 @@
+"""Pretraining configs: `--config configs/pretrain.py:<variant>`.
+
+Variants: tiny and mini (CPU, the built-in corpus), base and large (the BERT paper's recipe: batch 256,
+lr 1e-4, 10k warm-up, linear decay, weight decay 0.01, dropout 0.1, 1M steps; phase 1 at seq 128 for 90% of
+steps, phase 2 at seq 512 from phase 1's checkpoint: base_phase2 / large_phase2).
+"""
+import ml_collections
+
+from bert_jax.model.config import ModelConfig, PRESETS
+
+# name: (model preset, global batch, seq len, steps, peak lr, warm-up, max predictions)
+VARIANTS = {
+    "tiny": ("tiny", 32, 128, 400, 1e-3, 40, 20),
+    "mini": ("mini", 32, 128, 2000, 5e-4, 200, 20),
+    "base": ("base", 256, 128, 900_000, 1e-4, 10_000, 20),
+    "large": ("large", 256, 128, 900_000, 1e-4, 10_000, 20),
+    # Phase two: 10% of the paper's 1M steps at seq 512 (set train.init_from to phase one's workdir).
+    "base_phase2": ("base", 256, 512, 100_000, 1e-4, 1_000, 80),
+    "large_phase2": ("large", 256, 512, 100_000, 1e-4, 1_000, 80),
+}
+
+
+def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
+    """All ModelConfig fields (so each can be overridden from the command line), from the preset."""
+    fields = ModelConfig(**PRESETS[preset]).to_dict()
+    return ml_collections.ConfigDict({"preset": preset, **fields, **overrides})
+
+
+def get_config(arg=None):
+    variant = arg or "tiny"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of configs/pretrain.py; choose one of {sorted(VARIANTS)}")
+    preset, batch, seq_len, steps, lr, warmup, max_predictions = VARIANTS[variant]
+    on_cpu = variant in ("tiny", "mini")
+    c = ml_collections.ConfigDict()
+    c.objectives = "mlm+nsp"
+    c.objective_options = ml_collections.ConfigDict()  # per objective, e.g. electra.generator_fraction
+    # vocab_size 0 = take it from the dataset's manifest (the built-in corpus trains its own vocab).
+    c.model = model_config(preset, vocab_size=0 if on_cpu else 30522)
+    c.data = ml_collections.ConfigDict(dict(
+        path="builtin",  # a `make-data` output dir, or "builtin" (generated, tokenised and cached in the workdir)
+        eval_path="",  # "" with builtin: a held-out generated set; "" otherwise: no eval
+        seq_len=seq_len,
+        mode="",  # make-data mode for builtin ("" = the objectives' first mode)
+        whole_word=False,
+        mask_rate=0.15, mask_ratio=0.8, random_ratio=0.1, keep_ratio=0.1,
+        max_predictions=max_predictions,
+        packing=False,
+        builtin_docs=6000 if on_cpu else 0,
+        builtin_vocab_size=4096,
+        num_threads=1,
+    ))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+        warmup_steps=warmup, total_steps=steps, schedule="linear", power=1.0, end_learning_rate=0.0,
+        grad_clip_norm=1.0, grad_accum_steps=1))
+    c.train = ml_collections.ConfigDict(dict(
+        global_batch_size=batch,
+        steps=steps,
+        seed=0,
+        strategy="mesh",  # "mesh" (jit + NamedSharding) or "pmap" (replicated params, data parallel)
+        log_every=10 if on_cpu else 100,
+        eval_every=200 if on_cpu else 10_000,
+        eval_batches=8 if on_cpu else 100,  # 0 = the whole eval set
+        checkpoint_every=200 if on_cpu else 5_000,
+        keep_checkpoints=3,
+        async_checkpoints=True,
+        on_nonfinite="stop",  # "stop": end the run naming the step; "skip": skip the update and count it
+        init_from="",  # a workdir (or checkpoint step dir) whose params start this run (phase two, fine-tune)
+        peak_tflops=0.0,  # per device, for the MFU estimate; 0 = not reported
+        progress_bar=True,
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.distributed = ml_collections.ConfigDict(dict(
+        enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+    return c

@@ -1,0 +1,159 @@
+"""Tokenizer: id parity with transformers' BertTokenizer, training round trip, fingerprint, CLI."""
+import gzip
+import os
+import random
+
+import numpy as np
+import pytest
+
+from bert_jax.data import tokenizer_cli
+from bert_jax.data.tokenizer import (
+    TokenizerError,
+    infer_lowercase,
+    load_tokenizer,
+    save_vocab,
+    train_wordpiece,
+    vocab_fingerprint,
+)
+
+transformers = pytest.importorskip("transformers")
+
+REAL_VOCAB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "vocab", "bert-base-uncased-vocab.txt")
+
+HAND_VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]",
+    ".", ",", "!", "?", "'", '"', "-", "(", ")", ":", ";", "#", "$", "%", "&", "*", "/", "@", "~", "^",
+    "the", "The", "a", "hello", "Hello", "world", "World", "un", "##aff", "##able", "runn", "##ing", "play",
+    "##ed", "##s", "cafe", "café", "Café", "naive", "resume", "x", "##x", "e", "##e", "1", "2", "##3", "##0",
+    "中", "国", "人", "日", "本", "ab", "##c", "##d", "über", "uber", "straße", "strasse", "##ß",
+]
+TEXTS = [
+    "", " ", "\t\n  ", "Hello, world!", "hello world", "The unaffable runner played.", "unaffableness",
+    "Café crème, naïve résumé — über straße.", "CAFÉ", "中国人 日本 中a国", "abc abd abx abcd",
+    "x" * 99, "x" * 100, "x" * 101, "e" * 150, "a\u0000b\u0007c \u200b d\ufeff", "tab\tsep\r\nnew\u00a0line\u2003em",
+    "(hello) [world] {x}", "don't stop-believing!!!", "#hash $5 3% a&b @x ~y ^z", "12 123 1230 0.5",
+    "\U0001f600 smile \u2764", "ǅemal ﬁne Å Ω", "hello##ing ##ing", "a" + "\u0301" * 5,
+]
+
+
+def _random_texts(n: int, seed: int) -> list[str]:
+    pool = list("abcdeinrstuxAEHTW ,.!?'\"-()#中国人日本éèüßÅ\t\n\u00a0\u2003\u200b\u0000\u0007\u0301") + [
+        "hello", "World", "the", "un", "able", "café", "play", "ed", "running", " ", " ", "\U0001f600"]
+    rnd = random.Random(seed)
+    return ["".join(rnd.choice(pool) for _ in range(rnd.randint(0, 40))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def hand_vocab_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hand_vocab")
+    (d / "vocab.txt").write_text("".join(t + "\n" for t in HAND_VOCAB), encoding="utf-8")
+    return str(d)
+
+
+def _reference_ids(vocab_dir: str, lowercase: bool, texts):
+    ref = transformers.BertTokenizer.from_pretrained(vocab_dir, do_lower_case=lowercase)
+    enc = ref(list(texts), add_special_tokens=False)
+    word_start = [
+        [i == 0 or w != words[i - 1] for i, w in enumerate(words)] for words in (enc.word_ids(b) for b in range(len(texts)))
+    ]
+    return enc["input_ids"], word_start
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_hand_vocab_matches_transformers(hand_vocab_dir, lowercase):
+    tok = load_tokenizer(hand_vocab_dir, lowercase=lowercase)
+    texts = TEXTS + _random_texts(300, seed=int(lowercase))
+    ids, word_start = tok.encode_batch(texts)
+    ref_ids, ref_start = _reference_ids(hand_vocab_dir, lowercase, texts)
+    for text, ours, theirs in zip(texts, ids, ref_ids):
+        assert ours.tolist() == theirs, repr(text)
+    for text, ours, theirs in zip(texts, word_start, ref_start):
+        assert ours.tolist() == theirs, repr(text)
+    assert ids[0].dtype == np.int32 and ids[0].size == 0
+
+
+def test_hand_vocab_pieces(hand_vocab_dir):
+    tok = load_tokenizer(hand_vocab_dir, lowercase=True)
+    (ids,), (ws,) = tok.encode_batch(["Unaffable x" + "x" * 100])
+    assert [tok.vocab[i] for i in ids] == ["un", "##aff", "##able", "[UNK]"]  # 101 chars: one [UNK]
+    assert ws.tolist() == [True, False, False, True]
+    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 1, 2, 3, 4)
+    assert tok.vocab_size == len(HAND_VOCAB) and tok.path.endswith("vocab.txt")
+
+
+@pytest.mark.skipif(not os.path.isfile(REAL_VOCAB), reason="shared bert-base-uncased vocab not available")
+def test_bert_base_uncased_matches_transformers(tmp_path):
+    os.symlink(os.path.abspath(REAL_VOCAB), tmp_path / "vocab.txt")
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.lowercase and (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 100, 101, 102, 103)
+    texts = TEXTS + _random_texts(500, seed=7) + [
+        "The quick brown fox jumps over the lazy dog; 42 tokenizers!", "Ελληνικά и русский текст", "antidisestablishmentarianism"]
+    ids, word_start = tok.encode_batch(texts)
+    ref_ids, ref_start = _reference_ids(str(tmp_path), True, texts)
+    assert [i.tolist() for i in ids] == ref_ids
+    assert [w.tolist() for w in word_start] == ref_start
+
+
+def test_encode_flat_offsets(hand_vocab_dir):
+    tok = load_tokenizer(hand_vocab_dir, lowercase=True)
+    ids, ws, offsets = tok.encode_flat(["hello world", "", "the cafe"])
+    assert offsets.tolist() == [0, 2, 2, 4]
+    assert [tok.vocab[i] for i in ids] == ["hello", "world", "the", "cafe"]
+    assert ws.all()
+
+
+def test_infer_lowercase_and_missing_specials(tmp_path):
+    assert infer_lowercase(["[PAD]", "[UNK]", "hello", "ℝ"]) is True
+    assert infer_lowercase(["[PAD]", "Hello"]) is False
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n", encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"lacks special tokens \['\[CLS\]'"):
+        load_tokenizer(str(tmp_path))
+    with pytest.raises(TokenizerError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "nope" / "vocab.txt"))
+
+
+def test_fingerprint_stable_and_sensitive():
+    base = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "##b"]
+    fp = vocab_fingerprint(base, True)
+    assert fp == "922fbac359325b20"  # pinned: a change here silently invalidates every dataset and checkpoint
+    assert fp == vocab_fingerprint(list(base), True)
+    assert fp != vocab_fingerprint(base, False)
+    assert fp != vocab_fingerprint(base[:5] + ["##b", "a"], True)
+    assert fp != vocab_fingerprint(base[:-1] + ["##c"], True)
+    assert fp != vocab_fingerprint(base + ["c"], True)
+
+
+def _training_texts():
+    rnd = random.Random(0)
+    words = ["playing", "played", "player", "runner", "running", "Café", "naïve", "中国", "unhappy", "happiness"]
+    return [" ".join(rnd.choice(words) for _ in range(12)) + "." for _ in range(400)]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_train_save_load_round_trip(tmp_path, lowercase):
+    vocab = train_wordpiece(iter(_training_texts()), vocab_size=120, lowercase=lowercase, min_frequency=1)
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert len(vocab) <= 120 and any(t.startswith("##") for t in vocab)
+    assert infer_lowercase(vocab) is lowercase
+    save_vocab(str(tmp_path), vocab, lowercase)
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.lowercase is lowercase and list(tok.vocab) == vocab
+    assert tok.fingerprint == vocab_fingerprint(vocab, lowercase)
+    assert load_tokenizer(str(tmp_path / "vocab.txt")).fingerprint == tok.fingerprint  # config next to the file
+    texts = _training_texts()[:50] + TEXTS
+    ref_ids, _ = _reference_ids(str(tmp_path), lowercase, texts)  # transformers reads the same directory
+    assert [i.tolist() for i in tok.encode_batch(texts)[0]] == ref_ids
+    assert "[UNK]" not in tok.decode(tok.encode_batch(["running player"])[0][0])
+
+
+def test_train_tokenizer_cli(tmp_path, capsys):
+    src = tmp_path / "corpus.txt.gz"
+    with gzip.open(src, "wt", encoding="utf-8") as f:
+        f.write("\n\n".join(_training_texts()))
+    out = tmp_path / "vocab"
+    assert tokenizer_cli.main(["--input", str(src), "--vocab_size", "100", "--output", str(out), "--cased"]) == 0
+    tok = load_tokenizer(str(out))
+    assert not tok.lowercase and 50 < tok.vocab_size <= 100
+    assert "fingerprint" in capsys.readouterr().out
+    assert tokenizer_cli.main(["--input", str(tmp_path / "missing*.txt"), "--vocab_size", "100", "--output", str(out)]) == 2
+    assert "matches no files" in capsys.readouterr().err
