@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.struct
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,7 @@ REMAT_POLICIES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class EncoderOutput:
     sequence: Array  # [B, L, H], after the final LayerNorm for pre-LN
     hidden_states: tuple[Array, ...] | None  # embeddings output then each layer's output, if asked for

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.struct
+
 import flax.linen as nn
 import jax
 
@@ -13,7 +15,7 @@ from bert_jax.model.heads import Classifier, MLMHead, Pooler
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
+@flax.struct.dataclass
 class PreTrainingOutput:
     mlm_logits: Array  # [B, P, V] at masked positions, or [B, L, V] when positions is None
     sentence_logits: Array  # [B, 2]

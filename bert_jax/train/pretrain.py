@@ -125,7 +125,8 @@ def load_init_params(path: str, abstract_params: Any) -> Any:
     """Params from another run's newest checkpoint (phase two, continued pretraining)."""
     manager = ckpt.open_manager(os.path.join(path, "checkpoints") if os.path.isdir(
         os.path.join(path, "checkpoints")) else path, async_save=False)
-    step = manager.latest_step()
+    complete = ckpt.complete_steps(str(manager.directory))
+    step = complete[-1] if complete else None
     if step is None:
         raise FileNotFoundError(f"train.init_from={path!r} holds no checkpoint; point it at a pretraining workdir")
     meta = manager.item_metadata(step)["state"]
@@ -211,8 +212,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         devices = jax.local_devices()
         p_train = jax.pmap(train_step, axis_name="batch", donate_argnums=(0,))
         p_eval = jax.pmap(eval_step, axis_name="batch")
-        host_state = jax.device_get(state)
-        state = jax.device_put_replicated(host_state, devices)
+        # One copy per local device along a new leading axis; pmap places slice i on device i.
+        state = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), jax.device_get(state))
         run_step = lambda s, b: p_train(s, _pmap_batch(b))
         run_eval = lambda p, b: jax.tree.map(lambda x: x[0], p_eval(p, _pmap_batch(b)))
         unreplicate = lambda s: jax.tree.map(lambda x: x[0], s)
@@ -316,9 +317,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 if eval_metrics:
                     writer.write(step, eval_metrics, prefix="eval")
                     _say(f"step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
-            if ckpt.should_save(step, every=t.checkpoint_every, total_steps=t.steps, preempted=preempted()):
+            if ckpt.should_save(step, every=t.checkpoint_every, total_steps=t.steps, preempted=preempted(step)):
                 save(step, state)
-            if preempted():
+            if preempted(step):
                 _say(f"preempted: saved step {step}, exiting")
                 break
         if pending is not None:

@@ -56,7 +56,7 @@ def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: o
         grads = _psum(grads, axis_name)
         sums = {k: _psum(v, axis_name) for k, v in sums.items()}
         loss = objectives.total_loss(sums, denominators)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
