@@ -31,12 +31,18 @@ class EncoderOutput:
 
 class Embeddings(nn.Module):
     config: ModelConfig
+    # Another module's token table (an nn.Embed of [vocab, embed_dim]) to use instead of an own one: ELECTRA's
+    # generator shares the discriminator's token embeddings; the params stay where that module lives.
+    shared_token: nn.Module | None = None
 
     def setup(self):
         cfg = self.config
         embed_axis = "embed_factor" if cfg.factorized else "embed"
-        self.token = nn.Embed(cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                              embedding_init=normal_init(cfg, ("vocab", embed_axis)))
+        if self.shared_token is not None:
+            self.token = self.shared_token
+        else:
+            self.token = nn.Embed(cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                  embedding_init=normal_init(cfg, ("vocab", embed_axis)))
         self.segment = nn.Embed(cfg.type_vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                                 embedding_init=normal_init(cfg, ("type_vocab", embed_axis)))
         if cfg.position_embedding == "learned":
@@ -81,10 +87,11 @@ class _ScanLayer(nn.Module):
 
 class Encoder(nn.Module):
     config: ModelConfig
+    shared_token: nn.Module | None = None  # see Embeddings.shared_token
 
     def setup(self):
         cfg = self.config
-        self.embeddings = Embeddings(cfg)
+        self.embeddings = Embeddings(cfg, self.shared_token)
         if cfg.position_embedding == "relative":
             self.relative_bias = RelativePositionBias(cfg)
         if cfg.norm == "pre":

@@ -6,7 +6,11 @@ An objective is one module that calls `register(Objective(...))`. It declares
     by the count over the *whole global batch* (exact under gradient accumulation and data parallelism);
   - `forward(ctx)`: runs inside the flax module (so it may create its heads as submodules by name) and returns
     sums per term: `<term>` loss sums and metric sums, each divided by `denominators[<term>]`;
-  - `loss_weights`: which terms are losses, with their weights inside the objective.
+  - `loss_weights`: which terms are losses, with their weights inside the objective (a number, or the name of
+    an option that holds it, so a config can change it);
+  - optionally `prepare_options(options)` (run once when the set is parsed, e.g. to read a teacher's config)
+    and `load_frozen(options)`: variable collections that are inputs, never trained (a distillation teacher);
+    the steps take them as an argument and pass them to `model.apply` beside 'params'.
 The training loop only ever sees sums and denominators: adding an objective never edits it.
 """
 from __future__ import annotations
@@ -36,12 +40,29 @@ class Objective:
     loss_weights: Mapping[str, float]
     causal: bool = False  # needs left-to-right attention
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults, overridable by config
+    excludes: tuple[str, ...] = ()  # objectives it cannot be combined with (it already contains them)
+    prepare_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    load_frozen: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+
+
+# 'span' masking emits everything 'mlm' does (masked_positions/ids/weights) plus the span boundaries, so an
+# objective that needs token MLM inputs trains on span-masked batches too (SpanBERT's MLM + SBO).
+_MASKING_PROVIDES = {"mlm": {"mlm"}, "span": {"mlm", "span"}}
+
+
+def _pick_masking(needed: set[str]) -> str | None:
+    """The one masking kind that gives every objective what it needs ('none' needs nothing); None if none does."""
+    needed = needed - {"none"}
+    if not needed:
+        return "none"
+    fits = [k for k, provides in _MASKING_PROVIDES.items() if needed <= provides]
+    return min(fits, key=lambda k: len(_MASKING_PROVIDES[k])) if fits else None
 
 
 _REGISTRY: dict[str, Objective] = {}
 # Objectives shipped with the package, imported on first lookup so registration needs no central list edit
 # beyond this name -> module table.
-_BUILTIN_MODULES = ("mlm", "nsp", "sop", "ltr", "sbo", "electra", "distill")
+_BUILTIN_MODULES = ("mlm", "nsp", "sop", "ltr", "sbo", "electra", "distill", "corrupted")
 
 
 def register(objective: Objective) -> Objective:
@@ -88,10 +109,22 @@ class ObjectiveSet:
         causal = {o.causal for o in objectives}
         if len(causal) > 1:
             raise ValueError(f"objectives {spec!r} mix causal and bidirectional attention; train them separately")
-        masking = {o.masking for o in objectives} - {"none"}
-        if len(masking) > 1:
+        masking = {o.masking for o in objectives}
+        if _pick_masking(masking) is None:
             raise ValueError(f"objectives {spec!r} need different maskings {sorted(masking)}; pick compatible ones")
-        merged = {o.name: {**o.options, **dict((options or {}).get(o.name, {}))} for o in objectives}
+        for o in objectives:
+            clash = sorted(set(o.excludes) & set(names))
+            if clash:
+                raise ValueError(f"objectives {spec!r}: {o.name!r} already contains {clash}; drop {clash} from it")
+        merged = {}
+        for o in objectives:
+            given = dict((options or {}).get(o.name, {}))
+            bad = sorted(set(given) - set(o.options))
+            if bad:
+                raise ValueError(f"objective_options.{o.name} has unknown key(s) {bad}; valid: {sorted(o.options)}")
+            merged[o.name] = {**o.options, **given}
+            if o.prepare_options is not None:
+                merged[o.name] = dict(o.prepare_options(merged[o.name]))
         return cls(tuple(objectives), tuple(weights), merged)
 
     @property
@@ -104,15 +137,14 @@ class ObjectiveSet:
 
     @property
     def masking(self) -> str:
-        kinds = {o.masking for o in self.objectives} - {"none"}
-        return kinds.pop() if kinds else "none"
+        return _pick_masking({o.masking for o in self.objectives})
 
     @property
     def data_modes(self) -> tuple[str, ...]:
-        modes = set(self.objectives[0].data_modes)
-        for o in self.objectives[1:]:
-            modes &= set(o.data_modes)
-        return tuple(sorted(modes))
+        """Modes every objective accepts, in the preference order of the most specific objective (the
+        first is the default data mode, e.g. 'single' for 'mlm+sbo')."""
+        specific = min(self.objectives, key=lambda o: len(o.data_modes))
+        return tuple(m for m in specific.data_modes if all(m in o.data_modes for o in self.objectives))
 
     def denominators(self, batch: Batch) -> dict[str, Array]:
         out = {}
@@ -120,11 +152,30 @@ class ObjectiveSet:
             out.update({k: jnp.asarray(v, jnp.float32) for k, v in o.denominators(batch).items()})
         return out
 
-    def total_loss(self, sums: Mapping[str, Array], denominators: Mapping[str, Array]) -> Array:
-        total = jnp.zeros((), jnp.float32)
+    @property
+    def term_weights(self) -> dict[str, float]:
+        """Each loss term's weight in the total: the objective's weight times the term's (number or option)."""
+        out = {}
         for objective, weight in zip(self.objectives, self.weights):
             for term, term_weight in objective.loss_weights.items():
-                total = total + weight * term_weight * sums[term] / jnp.maximum(denominators[term], 1.0)
+                if isinstance(term_weight, str):
+                    term_weight = self.options[objective.name][term_weight]
+                out[term] = weight * float(term_weight)
+        return out
+
+    def load_frozen(self) -> dict[str, Any]:
+        """The run's frozen variable collections (host arrays): pass them to the train and eval steps."""
+        frozen: dict[str, Any] = {}
+        for o in self.objectives:
+            if o.load_frozen is not None:
+                frozen.update(o.load_frozen(self.options[o.name]))
+        return frozen
+
+    def total_loss(self, sums: Mapping[str, Array], denominators: Mapping[str, Array]) -> Array:
+        total = jnp.zeros((), jnp.float32)
+        for term, weight in self.term_weights.items():
+            if weight:  # a term switched off by its weight option may not even be computed
+                total = total + weight * sums[term] / jnp.maximum(denominators[term], 1.0)
         return total
 
 

@@ -32,27 +32,31 @@ def _psum(x, axis_name):
 
 def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: optax.GradientTransformation,
                     schedule: Callable, grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable:
-    """Returns train_step(state, batch) -> (state, metrics); metrics hold sums and counts (divide on host).
+    """Returns train_step(state, batch, frozen=None) -> (state, metrics); metrics hold sums and counts (divide
+    on host). `frozen`: variable collections that are inputs, not trained (`objectives.load_frozen()`, e.g. a
+    distillation teacher): an argument rather than a closed-over constant, which jit would bake into the program.
 
     A step whose loss or gradient is not finite leaves params and optimiser state untouched and counts
     `nonfinite` = 1; the caller decides to stop or go on (config `train.on_nonfinite`)."""
 
-    def summed_loss(params, batch, denominators, key):
-        sums = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": key})
+    def summed_loss(params, batch, denominators, key, frozen):
+        # 'sample': draws that are part of the objective (ELECTRA's generator), apart from dropout's
+        rngs = {"dropout": key, "sample": jax.random.fold_in(key, 1)}
+        sums = model.apply({"params": params, **(frozen or {})}, batch, deterministic=False, rngs=rngs)
         return objectives.total_loss(sums, denominators), sums
 
-    def train_step(state: TrainState, batch):
+    def train_step(state: TrainState, batch, frozen=None):
         key = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         denominators = {k: _psum(v, axis_name) for k, v in objectives.denominators(batch).items()}
         grad_fn = jax.grad(summed_loss, has_aux=True)
         if grad_accum_steps == 1:
-            grads, sums = grad_fn(state.params, batch, denominators, key)
+            grads, sums = grad_fn(state.params, batch, denominators, key, frozen)
         else:
             micro = split_micro_batches(batch, grad_accum_steps)
-            grads, sums = accumulate_gradients(lambda p, b, k: grad_fn(p, b, denominators, k), state.params,
-                                               micro, denominator_key=None, rng=key)
+            grads, sums = accumulate_gradients(lambda p, b, k: grad_fn(p, b, denominators, k, frozen),
+                                               state.params, micro, denominator_key=None, rng=key)
         grads = _psum(grads, axis_name)
         sums = {k: _psum(v, axis_name) for k, v in sums.items()}
         loss = objectives.total_loss(sums, denominators)
@@ -73,10 +77,11 @@ def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: o
 
 
 def make_eval_step(model: PretrainModel, objectives: ObjectiveSet, axis_name: str | None = None) -> Callable:
-    """eval_step(params, batch) -> sums and counts (padding rows carry zero weights, so they count for nothing)."""
+    """eval_step(params, batch, frozen=None) -> sums and counts (padding rows carry zero weights, so they count
+    for nothing); `frozen` as for the train step. Draws an objective makes ('sample') use a fixed key here."""
 
-    def eval_step(params, batch):
-        sums = model.apply({"params": params}, batch, deterministic=True)
+    def eval_step(params, batch, frozen=None):
+        sums = model.apply({"params": params, **(frozen or {})}, batch, deterministic=True)
         denominators = objectives.denominators(batch)
         metrics = {f"sum/{k}": _psum(v, axis_name) for k, v in sums.items()}
         metrics.update({f"count/{k}": _psum(v, axis_name) for k, v in denominators.items()})
