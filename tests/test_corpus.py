@@ -5,11 +5,14 @@ import json
 
 import pytest
 
+import random
+
 from bert_jax.data.corpus import (
     CorpusError,
     ReaderOptions,
     expand_inputs,
     iter_documents,
+    iter_lines,
     iter_raw_documents,
     split_sentences,
 )
@@ -113,3 +116,26 @@ def test_globs_and_empty_inputs(tmp_path):
         expand_inputs([])
     with pytest.raises(CorpusError, match="--format"):
         ReaderOptions(format="csv")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chunked_line_reader_matches_a_line_by_line_reference(tmp_path, seed):
+    rnd = random.Random(seed)
+    alphabet = [b"a", b"b", b" ", b"\xc3\xa9", b"\xff", b"\r", b"\xe4\xb8\xad"]
+    lines = [b"".join(rnd.choice(alphabet) for _ in range(rnd.choice([0, 1, 5, 20, 40]))) for _ in range(200)]
+    data = b"\n".join(lines) + rnd.choice([b"", b"\n"])
+    (tmp_path / "r.txt").write_bytes(data)
+    limit = 30
+    expected, replaced, skipped = [], 0, 0
+    for line in data.split(b"\n")[: None if not data.endswith(b"\n") else -1]:
+        if len(line) > limit:
+            skipped += 1
+            continue
+        text = line.decode("utf-8", "replace")
+        replaced += text.count("\ufffd")
+        expected.append(text[:-1] if text.endswith("\r") else text)
+    for chunk in (1, 7, 64, 1 << 20):
+        stats = collections.Counter()
+        got = list(iter_lines(str(tmp_path / "r.txt"), limit, stats, chunk_bytes=chunk))
+        assert got == expected, chunk
+        assert stats["invalid_utf8_replacements"] == replaced and stats["long_lines_skipped"] == skipped

@@ -104,9 +104,11 @@ def tokenize_unit(docs: Sequence[RawDocument], tokenizer: WordPieceTokenizer, st
     )
 
 
-# An instance: (ranges of segment A, range of segment B or None, label). A has several ranges only in
-# full-sentences mode, where a [SEP] separates documents.
-Instance = tuple[list[tuple[int, int]], "tuple[int, int] | None", int]
+# A pair instance is (a_start, a_end, b_start, b_end, label) in the unit's flat token array; a
+# single-segment instance is its list of token ranges, joined by [SEP] (several only when
+# full-sentences crosses documents).
+PairInstance = tuple[int, int, int, int, int]
+SegmentInstance = list[tuple[int, int]]
 
 
 def _random_other_document(d: int, unit: TokenizedUnit, rnd: random.Random) -> int:
@@ -121,11 +123,11 @@ def _random_other_document(d: int, unit: TokenizedUnit, rnd: random.Random) -> i
     return d
 
 
-def _pair_instances(unit: TokenizedUnit, config: InstanceConfig, rnd: random.Random, stats) -> list[Instance]:
+def _pair_instances(unit: TokenizedUnit, config: InstanceConfig, rnd: random.Random, stats) -> list[PairInstance]:
     max_tokens = config.seq_len - 3
     nsp = config.mode == "segment-pair"
     s0, s1, first = unit.sent_start, unit.sent_end, unit.doc_first
-    out: list[Instance] = []
+    out: list[PairInstance] = []
     for d in range(len(first) - 1):
         lo, hi = first[d], first[d + 1]
         if hi - lo < 2:
@@ -145,16 +147,16 @@ def _pair_instances(unit: TokenizedUnit, config: InstanceConfig, rnd: random.Ran
                     k = j
                     while k < first[r + 1] - 1 and s1[k] - s0[j] < target - (a[1] - a[0]):
                         k += 1
-                    out.append(([a], (s0[j], s1[k]), 1))
+                    out.append((a[0], a[1], s0[j], s1[k], 1))
                     i = a_end - 1  # the sentences after A go back for the next chunk
                 elif n >= 2:
                     b = (s0[a_end], s1[i])
                     swap = not nsp and rnd.random() < config.swap_prob
-                    out.append(([b], a, 1) if swap else ([a], b, 0))
+                    out.append((b[0], b[1], a[0], a[1], 1) if swap else (a[0], a[1], b[0], b[1], 0))
                 elif long_enough:  # a one-sentence chunk (a document's tail, a long sentence): cut it at a token
                     cut = rnd.randint(a[0] + 1, a[1] - 1)
                     swap = not nsp and rnd.random() < config.swap_prob
-                    out.append(([(cut, a[1])], (a[0], cut), 1) if swap else ([(a[0], cut)], (cut, a[1]), 0))
+                    out.append((cut, a[1], a[0], cut, 1) if swap else (a[0], cut, cut, a[1], 0))
                 else:
                     stats["unsplittable_chunks"] += 1
                 chunk_start = i + 1
@@ -162,17 +164,17 @@ def _pair_instances(unit: TokenizedUnit, config: InstanceConfig, rnd: random.Ran
     return out
 
 
-def _packed_instances(unit: TokenizedUnit, config: InstanceConfig, stats) -> list[Instance]:
+def _packed_instances(unit: TokenizedUnit, config: InstanceConfig, stats) -> list[SegmentInstance]:
     budget = config.seq_len - 2
     cross = config.mode == "full-sentences"
-    out: list[Instance] = []
+    out: list[SegmentInstance] = []
     cur: list[list[int]] = []
     cur_len = 0
 
     def flush():
         nonlocal cur, cur_len
         if cur:
-            out.append(([(s, e) for s, e in cur], None, -1))
+            out.append([(s, e) for s, e in cur])
         cur, cur_len = [], 0
 
     first = unit.doc_first
@@ -187,7 +189,7 @@ def _packed_instances(unit: TokenizedUnit, config: InstanceConfig, stats) -> lis
                 flush()
                 sep = 0
             while e - s > budget:  # a sentence longer than a whole instance is cut
-                out.append(([(s, s + budget)], None, -1))
+                out.append([(s, s + budget)])
                 stats["sentences_cut"] += 1
                 s += budget
             if sep or not cur:
@@ -200,13 +202,13 @@ def _packed_instances(unit: TokenizedUnit, config: InstanceConfig, stats) -> lis
     return out
 
 
-def _single_instances(unit: TokenizedUnit, config: InstanceConfig) -> list[Instance]:
+def _single_instances(unit: TokenizedUnit, config: InstanceConfig) -> list[SegmentInstance]:
     budget = config.seq_len - 2
-    out: list[Instance] = []
+    out: list[SegmentInstance] = []
     first = unit.doc_first
     for d in range(len(first) - 1):
         lo, hi = unit.sent_start[first[d]], unit.sent_end[first[d + 1] - 1]
-        out.extend(([(s, min(s + budget, hi))], None, -1) for s in range(lo, hi, budget))
+        out.extend([(s, min(s + budget, hi))] for s in range(lo, hi, budget))
     return out
 
 
@@ -225,65 +227,65 @@ def _truncate_pairs(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.rando
         r[:, 1] -= cut - front
 
 
-def assemble(instances: Sequence[Instance], unit: TokenizedUnit, config: InstanceConfig, tokenizer: WordPieceTokenizer,
-             rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Fill the shard arrays for `instances` with one gather; pair instances are truncated here."""
-    n, seq_len = len(instances), config.seq_len
-    labels = np.array([lab for _, _, lab in instances], dtype=np.int8)
-    if config.mode in PAIR_MODES:
-        a = np.array([ra[0] for ra, _, _ in instances], dtype=np.int64).reshape(n, 2)
-        b = np.array([rb for _, rb, _ in instances], dtype=np.int64).reshape(n, 2)
-        _truncate_pairs(a, b, seq_len - 3, rng)
-        ranges = [[tuple(ra)] for ra in a.tolist()]
-        b_ranges = b.tolist()
-    else:
-        ranges = [ra for ra, _, _ in instances]
-        b_ranges = [None] * n
-    # Pieces of every row in order: a token range (start, length) or a special token (id, length 1).
-    kind, value, length, ttype, row = [], [], [], [], []
-    cls, sep = tokenizer.cls_id, tokenizer.sep_id
-    for i in range(n):
-        kind.append(0), value.append(cls), length.append(1), ttype.append(0), row.append(i)
-        for s, e in ranges[i]:
-            kind += [1, 0]
-            value += [s, sep]
-            length += [e - s, 1]
-            ttype += [0, 0]
-            row += [i, i]
-        if b_ranges[i] is not None:
-            s, e = b_ranges[i]
-            kind += [1, 0]
-            value += [s, sep]
-            length += [e - s, 1]
-            ttype += [1, 1]
-            row += [i, i]
-    kind_a, value_a, length_a = np.array(kind, bool), np.array(value, np.int64), np.array(length, np.int64)
-    row_a, ttype_a = np.array(row, np.int64), np.array(ttype, np.int8)
-    piece_of = np.repeat(np.arange(len(kind)), length_a)
-    piece_begin = np.cumsum(length_a) - length_a
-    within = np.arange(piece_of.size) - piece_begin[piece_of]
-    is_range = kind_a[piece_of]
-    src = np.where(is_range, value_a[piece_of] + within, 0)
-    tokens = np.where(is_range, unit.ids[src], value_a[piece_of])
+def assemble(ranges: dict[str, np.ndarray], labels: np.ndarray, unit: TokenizedUnit, seq_len: int,
+             tokenizer: WordPieceTokenizer) -> dict[str, np.ndarray]:
+    """Fill the shard arrays with one gather. `ranges` holds row, start, end, segment (int64 [R]) of every
+    token range, grouped by row in order; each row becomes [CLS] range [SEP] (range [SEP])... [PAD]."""
+    n = len(labels)
+    row, start, end, segment = ranges["row"], ranges["start"], ranges["end"], ranges["segment"]
+    first = np.ones(row.size, dtype=bool)
+    first[1:] = row[1:] != row[:-1]
+    # Pieces: [CLS] before the first range of a row, then each range and a [SEP] after it.
+    per_range = 2 + first.astype(np.int64)
+    piece_range = np.repeat(np.arange(row.size), per_range)
+    kind = np.arange(piece_range.size) - np.repeat(np.cumsum(per_range) - per_range, per_range) - first[piece_range]
+    is_range = kind == 0  # kind -1: [CLS], 0: the range, 1: [SEP]
+    length = np.where(is_range, (end - start)[piece_range], 1)
+    value = np.where(is_range, start[piece_range], np.where(kind < 0, tokenizer.cls_id, tokenizer.sep_id))
+    piece_type = np.where(kind < 0, 0, segment[piece_range]).astype(np.int8)
+    piece_row = row[piece_range]
+    # Tokens: expand every piece to its length.
+    token_piece = np.repeat(np.arange(length.size), length)
+    within = np.arange(token_piece.size) - np.repeat(np.cumsum(length) - length, length)
+    token_is_range = is_range[token_piece]
+    src = np.where(token_is_range, value[token_piece] + within, 0)
+    tokens = np.where(token_is_range, unit.ids[src], value[token_piece])
     # A range cut out of running text may begin inside a word; it still starts a maskable word.
-    word_start = np.where(is_range, unit.word_start[src] | (within == 0), True)
-    row_len = np.bincount(row_a, weights=length_a, minlength=n).astype(np.int64)
+    word_start = np.where(token_is_range, unit.word_start[src] | (within == 0), True)
+    row_len = np.bincount(piece_row, weights=length, minlength=n).astype(np.int64)
     if n and row_len.max() > seq_len:
         raise AssertionError(f"instance of {row_len.max()} tokens exceeds seq_len {seq_len}")
-    row_begin = np.cumsum(row_len) - row_len
-    token_row = row_a[piece_of]
-    col = np.arange(piece_of.size) - row_begin[token_row]
+    token_row = piece_row[token_piece]
+    col = np.arange(token_piece.size) - np.repeat(np.cumsum(row_len) - row_len, row_len)
     out = {
         "input_ids": np.full((n, seq_len), tokenizer.pad_id, np.int32),
         "token_type_ids": np.zeros((n, seq_len), np.int8),
         "word_start": np.zeros((n, seq_len), bool),
         "length": row_len.astype(np.int32),
-        "sentence_label": labels,
+        "sentence_label": labels.astype(np.int8),
     }
     out["input_ids"][token_row, col] = tokens
-    out["token_type_ids"][token_row, col] = ttype_a[piece_of]
+    out["token_type_ids"][token_row, col] = piece_type[token_piece]
     out["word_start"][token_row, col] = word_start
     return out
+
+
+def _pair_ranges(instances: list[PairInstance], config: InstanceConfig, rng: np.random.Generator):
+    table = np.array(instances, dtype=np.int64).reshape(len(instances), 5)[rng.permutation(len(instances))]
+    a, b = table[:, 0:2].copy(), table[:, 2:4].copy()
+    _truncate_pairs(a, b, config.seq_len - 3, rng)
+    n = len(table)
+    ranges = {"row": np.repeat(np.arange(n), 2), "start": np.stack([a[:, 0], b[:, 0]], 1).ravel(),
+              "end": np.stack([a[:, 1], b[:, 1]], 1).ravel(), "segment": np.tile(np.array([0, 1]), n)}
+    return ranges, table[:, 4]
+
+
+def _segment_ranges(instances: list[SegmentInstance], rng: np.random.Generator):
+    order = rng.permutation(len(instances)).tolist()
+    flat = [(i, s, e) for i, k in enumerate(order) for s, e in instances[k]]
+    table = np.array(flat, dtype=np.int64).reshape(len(flat), 3)
+    ranges = {"row": table[:, 0], "start": table[:, 1], "end": table[:, 2], "segment": np.zeros(len(flat), np.int64)}
+    return ranges, np.full(len(instances), -1)
 
 
 def build_unit(docs: Sequence[RawDocument], tokenizer: WordPieceTokenizer, config: InstanceConfig, seed: int,
@@ -294,16 +296,17 @@ def build_unit(docs: Sequence[RawDocument], tokenizer: WordPieceTokenizer, confi
     rnd = random.Random(int(seeds[0]))  # scalar draws: Python's generator is far cheaper per call
     rng = np.random.default_rng(int(seeds[1]))
     unit = tokenize_unit(docs, tokenizer, stats)
-    instances: list[Instance] = []
+    pairs: list[PairInstance] = []
+    segments: list[SegmentInstance] = []
     for _ in range(config.dupe_factor):
         if config.mode in PAIR_MODES:
-            instances += _pair_instances(unit, config, rnd, stats)
+            pairs += _pair_instances(unit, config, rnd, stats)
         elif config.mode == "single":
-            instances += _single_instances(unit, config)
+            segments += _single_instances(unit, config)
         else:
-            instances += _packed_instances(unit, config, stats)
-    order = rng.permutation(len(instances))
-    arrays = assemble([instances[i] for i in order], unit, config, tokenizer, rng)
+            segments += _packed_instances(unit, config, stats)
+    ranges, labels = _pair_ranges(pairs, config, rng) if config.mode in PAIR_MODES else _segment_ranges(segments, rng)
+    arrays = assemble(ranges, labels, unit, config.seq_len, tokenizer)
     stats["documents"] += len(unit.origins)
     stats["sentences"] += len(unit.sent_start)
     return arrays, dict(stats)

@@ -87,6 +87,14 @@ def _worker_task(docs, unit_index, out_dir, vocab_path, lowercase, fingerprint, 
     return _write_unit(docs, unit_index, out_dir, _worker_tokenizer(vocab_path, lowercase, fingerprint), config, seed)
 
 
+def _start_method() -> str:
+    # fork starts fast and needs no `if __name__ == "__main__"` guard in the caller's script, but is unsafe
+    # once jax's threads exist (a training script preparing its data): spawn then.
+    if "jax" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    return "fork"
+
+
 def _read_finished(out_dir: str, unit_index: int) -> dict:
     with open(os.path.join(out_dir, shards.shard_name(unit_index), "meta.json")) as f:
         return json.load(f)
@@ -171,7 +179,7 @@ def build_dataset(
                 metas.append(_write_unit(docs, u, output_dir, tokenizer, config, seed))
                 built += 1
     else:
-        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once jax's threads exist in the caller
+        ctx = multiprocessing.get_context(_start_method())
         task_args = (output_dir, tokenizer.path, tokenizer.lowercase, tokenizer.fingerprint, config, seed)
         with ctx.Pool(workers, initializer=_worker_init) as pool:
             pending: collections.deque = collections.deque()

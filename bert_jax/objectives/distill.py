@@ -131,7 +131,7 @@ def prepare_options(options):
 
 def load_frozen(options):
     _, params = read_teacher(options["teacher"])
-    return {TEACHER: params}
+    return {TEACHER: {"params": params}}  # the collection holds one variable, 'params'; see teacher_outputs
 
 
 # ----------------------------------------------------------------------------------------- objective

@@ -56,6 +56,9 @@ def setup_distributed(config: ml_collections.ConfigDict) -> None:
     if not d.enabled:
         return
     kwargs = {}
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or d.coordinator_address.startswith("127."):
+        # CPU processes need a collectives backend to form one job (tests, laptops).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if d.coordinator_address:
         kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
                       process_id=d.process_id)

@@ -1,0 +1,30 @@
+"""Distillation: a student learns from a frozen MLM teacher's softened predictions (temperature 2) plus the
+hard MLM loss; set the teacher (a pretraining workdir, a params file or a transformers checkpoint dir):
+
+    bert-jax pretrain --config configs/distill.py:base --workdir ... \\
+        --config.objective_options.distill.teacher=/path/to/teacher
+
+Variants as in configs/pretrain.py; at 'base' the student is DistilBERT's shape (6 layers of BERT-base).
+Hidden-state matching is off by default (--config.objective_options.distill.hidden_weight=1.0 turns it on).
+"""
+import importlib.util
+import os
+
+
+def _pretrain_config(variant):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
+    spec = importlib.util.spec_from_file_location("bert_jax_config_pretrain_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def get_config(arg=None):
+    c = _pretrain_config(arg)
+    c.objectives = "distill"
+    c.objective_options.distill = dict(teacher="", temperature=2.0, soft_weight=1.0, hidden_weight=0.0,
+                                       hard_weight=1.0)
+    c.data.mode = "full-sentences"
+    if arg in ("base", "base_phase2"):
+        c.model.num_layers = 6
+    return c

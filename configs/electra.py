@@ -1,0 +1,36 @@
+"""ELECTRA: a generator of 1/4 the discriminator's width fills 15% masked positions; the discriminator
+learns replaced-token detection (loss = generator MLM + 50 x RTD).
+
+    bert-jax pretrain --config configs/electra.py:small --workdir ...
+
+Variants: 'small' (ELECTRA-Small: 12 layers, hidden 256, 4 heads, E=128, batch 128, lr 5e-4, 1M steps),
+and every configs/pretrain.py variant (tiny, mini, base, large, ...) with ELECTRA's objective on top.
+Masked positions are [MASK] 85% of the time and kept 15% (ELECTRA's pretraining helpers; no random tokens).
+"""
+import importlib.util
+import os
+
+
+def _pretrain_config(variant):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
+    spec = importlib.util.spec_from_file_location("bert_jax_config_pretrain_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def get_config(arg=None):
+    small = arg == "small"
+    c = _pretrain_config("base" if small else arg)
+    c.objectives = "electra"
+    c.objective_options.electra = dict(generator_fraction=0.25, rtd_weight=50.0)
+    c.data.mode = "full-sentences"
+    c.data.mask_ratio, c.data.random_ratio, c.data.keep_ratio = 0.85, 0.0, 0.15
+    if small:
+        c.model.num_layers, c.model.hidden_size, c.model.num_heads = 12, 256, 4
+        c.model.intermediate_size, c.model.embedding_size = 1024, 128
+        c.model.preset = ""  # every model field is set explicitly; no named size matches ELECTRA-Small
+        c.train.global_batch_size = 128
+        c.optimizer.learning_rate, c.optimizer.warmup_steps = 5e-4, 10_000
+        c.train.steps = c.optimizer.total_steps = 1_000_000
+    return c
