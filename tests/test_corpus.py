@@ -99,6 +99,9 @@ def test_long_documents_are_cut_into_pieces_sharing_an_origin(tmp_path):
     assert all(d.num_chars <= 200 for d in raw)
     assert len({d.origin for d in raw[:-1]}) == 1 and raw[-1].origin == raw[0].origin + 1
     assert stats["documents_split"] == len(raw) - 2
+    text = list(iter_raw_documents([str(tmp_path / "i.txt")], ReaderOptions(format="text", max_doc_chars=200), stats))
+    assert all(d.num_chars <= 200 + 40 for d in text) and len(text) > 5  # no blank line: cut at lines
+    assert " ".join(p for d in text[:-1] for p in d.parts) == " ".join(sentences)
 
 
 def test_globs_and_empty_inputs(tmp_path):

@@ -117,7 +117,7 @@ def test_pair_modes_content(tagged, tmp_path, mode):
             strict += sb.max() < sa.min()
     assert strict > 0.5 * len(labels) * (0.5 if mode == "segment-pair" else 1.0)
     manifest = shards.read_manifest(str(tmp_path / mode))
-    assert manifest["skipped"]["one_sentence_documents"] == 2 * 15  # dupe_factor 2 x every tenth document
+    assert manifest["skipped"]["one_sentence_documents"] == 15  # every tenth document
 
 
 @pytest.mark.parametrize("mode", ["full-sentences", "doc-sentences", "single"])
@@ -167,13 +167,14 @@ def _assert_same_tree(x, y):
         assert filecmp.cmp(os.path.join(x, name), os.path.join(y, name), shallow=False), name
 
 
-def test_killed_build_resumes_to_identical_output(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_build_resumes_to_identical_output(tmp_path, workers):
     corpus, vocab = write_tagged_corpus(tmp_path, num_docs=600, seed=1)
     args = ["--input", corpus, "--vocab", vocab, "--seq_len", "64", "--unit_chars", "4000", "--seed", "5"]
     make_data.main(args + ["--output", str(tmp_path / "reference")])
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "bert_jax.data.make_data", *args, "--output", str(killed)],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "bert_jax.data.make_data", *args, "--output", str(killed),
+                             "--workers", str(workers)], stdout=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not shards.shard_is_complete(str(killed), 3) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.002)
@@ -183,6 +184,10 @@ def test_killed_build_resumes_to_identical_output(tmp_path):
     assert not os.path.exists(killed / shards.MANIFEST), "the build finished before it could be killed"
     with pytest.raises(shards.DataError, match="no manifest.json"):
         shards.open_examples(str(killed))
+    time.sleep(0.2)  # workers of a killed build die with it and write nothing more
+    done = sorted(os.listdir(killed))
+    time.sleep(0.3)
+    assert sorted(os.listdir(killed)) == done
     assert make_data.main(args + ["--output", str(killed)]) == 0
     _assert_same_tree(tmp_path / "reference", killed)
 

@@ -26,8 +26,8 @@ from bert_jax.train import pretrain
 from bert_jax.train.state import example_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CFG = preset("tiny", vocab_size=120, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-             dropout_rate=0.0, attention_dropout_rate=0.0)
+CFG = preset("tiny", vocab_size=120, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+             max_position_embeddings=64, dropout_rate=0.0, attention_dropout_rate=0.0)
 KEY = jax.random.PRNGKey(0)
 
 
@@ -58,7 +58,7 @@ def small_config(objectives, data_path, steps, strategy="mesh", options=None, **
     c.objectives = objectives
     c.objective_options = ml_collections.ConfigDict(options or {})
     c.data.path, c.data.eval_path, c.data.max_predictions = data_path, "", 10
-    for k, v in dict(hidden_size=64, num_heads=2, intermediate_size=128, num_layers=2, dropout_rate=0.0,
+    for k, v in dict(hidden_size=64, num_heads=2, intermediate_size=128, num_layers=1, dropout_rate=0.0,
                      attention_dropout_rate=0.0, max_position_embeddings=64, **model).items():
         c.model[k] = v
     c.optimizer.learning_rate, c.optimizer.warmup_steps = 2e-3, 3
@@ -84,7 +84,7 @@ def init_model(spec, cfg=CFG, batch=None, options=None):
     cfg = cfg.replace(causal=objectives.causal)
     model = PretrainModel(cfg, objectives)
     batch = batch if batch is not None else example_batch(4, 16, 3)
-    params = unbox(model.init({"params": KEY, "dropout": KEY}, batch)["params"])
+    params = unbox(jax.jit(model.init)({"params": KEY, "dropout": KEY}, batch)["params"])
     return model, objectives, params
 
 
@@ -242,16 +242,18 @@ def test_electra_shares_embeddings_and_sampling_has_no_gradient():
     def term(p, name):
         return model.apply({"params": p}, batch, rngs={"sample": jax.random.PRNGKey(3)})[name]
 
-    grad = jax.jit(jax.grad(term), static_argnums=1)
-    rtd_grads = grad(params, "rtd_loss")
+    @jax.jit
+    def grads_and_sums(p):  # one program: compiling three would dominate the test's time
+        return jax.grad(term)(p, "rtd_loss"), jax.grad(term)(p, "generator_loss"), \
+            model.apply({"params": p}, batch, rngs={"sample": jax.random.PRNGKey(3)})
+
+    rtd_grads, gen_grads, sums = grads_and_sums(params)
     gen_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(rtd_grads["generator"]))
     assert gen_norm == 0.0  # the discriminator's loss does not reach the generator through the samples
-    gen_grads = grad(params, "generator_loss")
     shared = gen_grads["encoder"]["embeddings"]["token"]["embedding"]
     assert float(jnp.abs(shared).sum()) > 0  # the generator trains the shared token table
     assert float(jnp.abs(gen_grads["encoder"]["layer_0"]["mlp"]["wi"]["kernel"]).sum()) == 0.0
     # only the 12 masked slots can be replaced; an untrained generator gets most of them wrong
-    sums = jax.jit(model.apply)({"params": params}, batch, rngs={"sample": jax.random.PRNGKey(3)})
     assert 0 < float(sums["rtd_replaced"]) <= 12
 
 
@@ -302,7 +304,7 @@ def test_distill_teacher_sources(tmp_path):
     save_hf_checkpoint(str(tmp_path / "hf"), CFG, params)
     for source in (str(tmp_path / "t.msgpack"), str(tmp_path / "hf")):
         cfg, loaded = read_teacher(source)
-        assert (cfg.hidden_size, cfg.num_layers, cfg.vocab_size) == (32, 2, 120)
+        assert (cfg.hidden_size, cfg.num_layers, cfg.vocab_size) == (32, 1, 120)
         np.testing.assert_allclose(loaded["encoder"]["embeddings"]["token"]["embedding"],
                                    params["encoder"]["embeddings"]["token"]["embedding"], atol=1e-6)
     with pytest.raises(TeacherError, match="neither"):
@@ -356,7 +358,8 @@ def test_distill_learns_from_a_frozen_teacher(strategy, dataset, tmp_path):
     _save_teacher(str(tmp_path / "t.msgpack"), CFG.replace(vocab_size=vocab, initializer_range=0.2), seed=7)
     objectives = ObjectiveSet.parse("distill", {"distill": {"teacher": str(tmp_path / "t.msgpack"),
                                                             "hidden_weight": 1.0}})
-    model = PretrainModel(CFG.replace(vocab_size=vocab, hidden_size=64, intermediate_size=128), objectives)
+    model = PretrainModel(CFG.replace(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_layers=1),
+                          objectives)
     optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=2e-3, warmup_steps=3, total_steps=25))
     batches = make_pretrain_iterator(path, 16, 0, MaskingConfig(max_predictions=10), vocab_size=vocab)
     frozen = objectives.load_frozen()
@@ -380,5 +383,5 @@ def test_distill_learns_from_a_frozen_teacher(strategy, dataset, tmp_path):
         state, metrics = run(state, next(batches))
         host = jax.device_get(metrics)
         records.append(summarize(jax.tree.map(lambda x: x[0], host) if strategy == "pmap" else host))
-    for term in ("distill_soft_loss", "distill_hidden_loss", "mlm_loss"):
-        assert_falls(records, term)
+    for term, factor in (("distill_soft_loss", 0.85), ("distill_hidden_loss", 0.85), ("mlm_loss", 0.95)):
+        assert_falls(records, term, factor)

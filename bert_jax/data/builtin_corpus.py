@@ -1,9 +1,10 @@
 """The built-in corpus: a small procedural world, so pretraining runs with no download.
 
-A seeded generator invents a world of towns (each on a fixed river, in a fixed region, with a fixed market
-day and trade) and people (each with a home town, a trade, an age, a pet with a name and a colour, a
-favourite food, a sibling). Documents are short English texts about one person or one town, one sentence
-per line in BERT's format. Facts are consistent within a document (the pet introduced as "a grey owl
+A seeded generator invents one world of 50 towns (each on a fixed river, in a fixed region, with a fixed
+market day and trade) and 3000 people (each with a home town, a trade, an age, a pet with a name and a
+colour, a favourite food, a sibling). Documents are short English texts about one person or one town,
+one sentence per line in BERT's format; the corpus seed picks and words the documents, the world stays
+the same, so a corpus of another seed is a held-out set about the same people. Facts are consistent within a document (the pet introduced as "a grey owl
 called Mipo" is still the grey owl later on) and across the world (a baker always bakes bread in an oven;
 a town's river never changes), and each document follows a loose narrative order (introduction, daily
 work, an outing in time order, the evening). So masked words are predictable from context, a random
@@ -24,6 +25,7 @@ from typing import Any, Callable
 DEFAULT_NUM_DOCS = 6000  # about 3.5 MB of text
 DEFAULT_VOCAB_SIZE = 4096
 DOCS_PER_FILE = 1000
+WORLD_PEOPLE = 3000
 
 _ONSETS = "b br c ch d dr f g gr h j k l m n p pr r s sh st t th tr v w z".split()
 _VOWELS = "a e i o u ai ea oo ou".split()
@@ -165,25 +167,30 @@ def town_document(t: Town, residents: list[Person], rnd: random.Random) -> list[
         f"Many people in {t.name} work as a {worker}, so the town is known for its {product}.",
         f"Each {worker} in {t.name} keeps a {tool} at the {workplace}.",
     ]
-    for p in residents[:4]:
+    for p in rnd.sample(residents, min(4, len(residents))):
         doc.append(f"{p.first} {p.family} lives in {t.name} and works as a {_TRADES[p.trade][0]}.")
     doc.append(rnd.choice([f"Visitors to {t.name} often buy {product} on {t.market_day}.",
                            f"On {t.market_day} the road to {t.name} is full of carts."]))
     return doc
 
 
-def generate_documents(num_docs: int, seed: int) -> list[list[str]]:
-    """`num_docs` documents (lists of sentences); 80% about a person, 20% about a town."""
-    rnd = random.Random(seed)
-    num_people = max(1, int(num_docs * 0.8))
-    towns, people = make_world(num_people, rnd)
-    docs = [person_document(p, towns, rnd) for p in people]
+def generate_documents(num_docs: int, seed: int, world_seed: int = 0) -> list[list[str]]:
+    """`num_docs` documents (lists of sentences): 80% about a person, 20% about a town.
+
+    The world depends only on `world_seed`, the choice and wording of documents on `seed`: corpora of
+    different seeds are new documents about the same people and towns (a held-out set with the same facts)."""
+    towns, people = make_world(WORLD_PEOPLE, random.Random(world_seed))
     residents: dict[int, list[Person]] = {}
     for p in people:
         residents.setdefault(p.town, []).append(p)
-    docs += [town_document(towns[i % len(towns)], residents.get(i % len(towns), []), rnd)
-             for i in range(num_docs - len(docs))]
-    rnd.shuffle(docs)
+    rnd = random.Random(seed)
+    docs = []
+    for _ in range(num_docs):
+        if rnd.random() < 0.8:
+            docs.append(person_document(rnd.choice(people), towns, rnd))
+        else:
+            t = rnd.randrange(len(towns))
+            docs.append(town_document(towns[t], residents.get(t, []), rnd))
     return docs
 
 
@@ -210,6 +217,11 @@ def write_builtin_corpus(out_dir: str, num_docs: int = DEFAULT_NUM_DOCS, seed: i
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return sorted(os.path.join(out_dir, n) for n in os.listdir(out_dir) if n.endswith(".txt"))
+
+
+def builtin_vocab_dir(work_dir: str, vocab_size: int | None = None, num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> str:
+    """Where `prepare_builtin_dataset` keeps the vocab it trains (pass it as `vocab=` for a held-out set)."""
+    return os.path.join(work_dir, f"vocab-v{vocab_size or DEFAULT_VOCAB_SIZE}-docs{num_docs}-seed{seed}")
 
 
 def prepare_builtin_dataset(
@@ -247,7 +259,7 @@ def prepare_builtin_dataset(
                 return dataset_dir
     files = write_builtin_corpus(os.path.join(work_dir, f"corpus-docs{num_docs}-seed{seed}"), num_docs, seed)
     if vocab is None:
-        vocab = os.path.join(work_dir, f"vocab-v{vocab_size}-docs{num_docs}-seed{seed}")
+        vocab = builtin_vocab_dir(work_dir, vocab_size, num_docs, seed)
         if not os.path.isfile(os.path.join(vocab, CONFIG_FILE)):  # written last by save_vocab
             sentences = (s for doc in iter_documents(files) for s in doc)
             save_vocab(vocab, train_wordpiece(sentences, vocab_size, lowercase=True), lowercase=True)

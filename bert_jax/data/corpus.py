@@ -140,16 +140,21 @@ def iter_lines(path: str, max_line_bytes: int, stats: collections.Counter, chunk
             yield (text.lstrip("\ufeff") if first else text).rstrip("\r")
 
 
-def _paragraphs(lines: Iterator[str]) -> Iterator[str]:
-    """Blank-line-separated blocks, each joined into one line."""
+def _paragraphs(lines: Iterator[str], max_chars: int) -> Iterator[str]:
+    """Blank-line-separated blocks, each joined into one line; a block is cut at a line once it passes
+    max_chars, so a file without blank lines is never held whole."""
     block: list[str] = []
+    size = 0
     for line in lines:
         line = line.strip()
         if line:
             block.append(line)
-        elif block:
+            size += len(line)
+            if size < max_chars:
+                continue
+        if block:
             yield " ".join(block)
-            block = []
+            block, size = [], 0
     if block:
         yield " ".join(block)
 
@@ -180,9 +185,9 @@ def iter_raw_documents(files: Sequence[str], options: ReaderOptions, stats: coll
         elif fmt == "jsonl":
             docs = _jsonl_documents(lines, options.text_field, stats)
         elif options.doc_boundary == "file":
-            docs = iter([_paragraphs(lines)])
+            docs = iter([_paragraphs(lines, options.max_doc_chars)])
         else:
-            docs = ([p] for p in _paragraphs(lines))
+            docs = ([p] for p in _paragraphs(lines, options.max_doc_chars))
         for doc_parts in docs:
             for piece in _pieces(iter(doc_parts), options.max_doc_chars, stats):
                 yield RawDocument(origin=origin, parts=tuple(piece), presplit=fmt == "bert")
@@ -190,17 +195,19 @@ def iter_raw_documents(files: Sequence[str], options: ReaderOptions, stats: coll
 
 
 def _bert_documents(lines: Iterator[str]) -> Iterator[Iterator[str]]:
-    # Each document is an iterator over its stripped sentences, consumed before the next one starts.
-    doc: list[str] = []
+    """Each document as a lazy iterator over its stripped sentences; consume it before asking for the next."""
+    def document(first: str) -> Iterator[str]:
+        yield first
+        for line in lines:
+            line = line.strip()
+            if not line:
+                return
+            yield line
+
     for line in lines:
         line = line.strip()
         if line:
-            doc.append(line)
-        elif doc:
-            yield iter(doc)
-            doc = []
-    if doc:
-        yield iter(doc)
+            yield document(line)
 
 
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
@@ -219,7 +226,7 @@ def _jsonl_documents(lines: Iterator[str], field: str, stats: collections.Counte
         if not isinstance(text, str):
             stats["missing_text_field"] += 1
             continue
-        yield _paragraphs(iter(_BLANK_LINES.sub("\n\n", text).split("\n")))
+        yield _paragraphs(iter(_BLANK_LINES.sub("\n\n", text).split("\n")), len(text) + 1)
 
 
 ABBREVIATIONS = frozenset(

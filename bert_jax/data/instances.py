@@ -130,8 +130,7 @@ def _pair_instances(unit: TokenizedUnit, config: InstanceConfig, rnd: random.Ran
     out: list[PairInstance] = []
     for d in range(len(first) - 1):
         lo, hi = first[d], first[d + 1]
-        if hi - lo < 2:
-            stats["one_sentence_documents"] += 1
+        if hi - lo < 2:  # counted once in build_unit; still a source of random B segments
             continue
         target = max_tokens if rnd.random() >= config.short_seq_prob else rnd.randint(2, max_tokens)
         chunk_start, i = lo, lo
@@ -296,6 +295,8 @@ def build_unit(docs: Sequence[RawDocument], tokenizer: WordPieceTokenizer, confi
     rnd = random.Random(int(seeds[0]))  # scalar draws: Python's generator is far cheaper per call
     rng = np.random.default_rng(int(seeds[1]))
     unit = tokenize_unit(docs, tokenizer, stats)
+    if config.mode in PAIR_MODES:
+        stats["one_sentence_documents"] += int((np.diff(unit.doc_first) == 1).sum())
     pairs: list[PairInstance] = []
     segments: list[SegmentInstance] = []
     for _ in range(config.dupe_factor):

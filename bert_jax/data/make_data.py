@@ -4,7 +4,9 @@ The input is read once, as a stream, and cut into work units of about `unit_char
 documents. Unit u becomes shard u, built from (seed, u) alone, so the output is the same for any number
 of workers and a rerun only builds the shards that are missing. At most 2 x workers units are in flight,
 so memory does not grow with the corpus. `build_args.json` is written first and the manifest last; a
-directory holding a dataset built with other arguments is refused.
+directory holding a dataset built with other arguments is refused. Workers are forked (spawned instead
+when jax is already imported, whose threads make fork unsafe; a script calling `build_dataset` with
+workers > 1 then needs the usual `if __name__ == "__main__":` guard) and die with the parent.
 
     bert-jax make-data --input 'corpus/*.txt' --format text --vocab vocab_dir --output data/seg128 \
         --mode segment-pair --seq_len 128 --workers 8
@@ -264,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--unit_chars", type=int, default=DEFAULT_UNIT_CHARS, help="characters of text per shard")
     p.add_argument("--max_line_bytes", type=int, default=ReaderOptions.max_line_bytes)
     p.add_argument("--max_doc_chars", type=int, default=ReaderOptions.max_doc_chars)
-    p.add_argument("--vocab_size", type=int, default=8192, help="--input builtin without --vocab: vocab to train")
+    p.add_argument("--vocab_size", type=int, default=None,
+                   help="--input builtin without --vocab: most tokens of the vocab to train (default 4096)")
     p.add_argument("--num_docs", type=int, default=None, help="--input builtin: number of documents to generate")
     return p
 

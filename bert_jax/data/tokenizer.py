@@ -23,6 +23,8 @@ import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
+from bert_jax.data.shards import write_json_atomic
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
 CONFIG_FILE = "tokenizer_config.json"
@@ -185,8 +187,6 @@ def save_vocab(out_dir: str, vocab: Sequence[str], lowercase: bool) -> str:
         "tokenize_chinese_chars": True,
         "vocab_fingerprint": vocab_fingerprint(vocab, lowercase),
     }
-    from bert_jax.data.shards import write_json_atomic  # local: shards is a sibling with no heavy imports
-
     write_json_atomic(os.path.join(out_dir, CONFIG_FILE), config)
     return out_dir
 
@@ -218,6 +218,8 @@ def train_wordpiece(
     backend.train_from_iterator(texts, trainer)
     ids = backend.get_vocab()
     vocab = sorted(ids, key=ids.get)
+    if [ids[t] for t in vocab] != list(range(len(vocab))):  # vocab.txt can only express ids 0..n-1
+        raise TokenizerError("the trained vocab has gaps in its ids; retrain with another --vocab_size")
     if len(vocab) <= len(SPECIAL_TOKENS):
         raise TokenizerError("the training text is empty; pass files with text to `bert-jax train-tokenizer --input`")
     return vocab

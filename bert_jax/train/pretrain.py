@@ -219,7 +219,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         state = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), jax.device_get(state))
         run_step = lambda s, b: p_train(s, _pmap_batch(b))
         run_eval = lambda p, b: jax.tree.map(lambda x: x[0], p_eval(p, _pmap_batch(b)))
-        unreplicate = lambda s: jax.tree.map(lambda x: x[0], s)
+        # The first device's copy, without compiling an indexing op per leaf shape.
+        unreplicate = lambda s: jax.tree.map(lambda x: x.addressable_shards[0].data[0], s)
     elif t.strategy == "mesh":
         metric_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         jit_train = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, metric_sharding),
@@ -355,5 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"bert-jax pretrain: {e}", file=sys.stderr)
         return 3
+    except (ValueError, FileNotFoundError) as e:  # bad input: one line naming it and the fix, no traceback
+        print(f"bert-jax pretrain: {e}", file=sys.stderr)
+        return 2
     _say("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
     return 0
