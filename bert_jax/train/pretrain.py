@@ -220,7 +220,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         run_step = lambda s, b: p_train(s, _pmap_batch(b))
         run_eval = lambda p, b: jax.tree.map(lambda x: x[0], p_eval(p, _pmap_batch(b)))
         # The first device's copy, without compiling an indexing op per leaf shape.
-        unreplicate = lambda s: jax.tree.map(lambda x: x.addressable_shards[0].data[0], s)
+        first_copy = lambda x: np.asarray(x.addressable_shards[0].data if isinstance(x, jax.Array) else x)[0]
+        unreplicate = lambda s: jax.tree.map(first_copy, s)
     elif t.strategy == "mesh":
         metric_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         jit_train = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, metric_sharding),
@@ -317,7 +318,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if progress is not None:
                 progress.update(1)
             if t.eval_every and step % t.eval_every == 0:
-                eval_metrics = evaluate(unreplicate(state).params)
+                eval_metrics = evaluate(state.params)  # replicated under pmap, sharded under the mesh
                 if eval_metrics:
                     writer.write(step, eval_metrics, prefix="eval")
                     _say(f"step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
