@@ -1,7 +1,7 @@
 """The built-in corpus: a small procedural world, so pretraining runs with no download.
 
-A seeded generator invents one world of 50 towns (each on a fixed river, in a fixed region, with a fixed
-market day and trade) and 3000 people (each with a home town, a trade, an age, a pet with a name and a
+A seeded generator invents one world of 10 towns (each on a fixed river, in a fixed region, with a fixed
+market day and trade) and 600 people (each with a home town, a trade, an age, a pet with a name and a
 colour, a favourite food, a sibling). Documents are short English texts about one person or one town,
 one sentence per line in BERT's format; the corpus seed picks and words the documents, the world stays
 the same, so a corpus of another seed is a held-out set about the same people. Facts are consistent within a document (the pet introduced as "a grey owl
@@ -25,7 +25,7 @@ from typing import Any, Callable
 DEFAULT_NUM_DOCS = 6000  # about 3.5 MB of text
 DEFAULT_VOCAB_SIZE = 4096
 DOCS_PER_FILE = 1000
-WORLD_PEOPLE = 3000
+WORLD_PEOPLE = 600  # small on purpose: every fact recurs, so a tiny model learns it in a few hundred steps
 
 _ONSETS = "b br c ch d dr f g gr h j k l m n p pr r s sh st t th tr v w z".split()
 _VOWELS = "a e i o u ai ea oo ou".split()
@@ -109,7 +109,7 @@ def make_world(num_people: int, rnd: random.Random) -> tuple[list[Town], list[Pe
                   rnd.choice(_SIZES)) for name in town_names]
     firsts = _unique_words(rnd, max(50, num_people // 10), lambda: _word(rnd, rnd.randint(1, 2)))
     families = _unique_words(rnd, max(30, num_people // 20), lambda: _word(rnd, 2))
-    pet_names = _unique_words(rnd, 200, lambda: _word(rnd, rnd.randint(1, 2)))
+    pet_names = _unique_words(rnd, 80, lambda: _word(rnd, rnd.randint(1, 2)))
     people = []
     for _ in range(num_people):
         t = rnd.randrange(num_towns)

@@ -70,7 +70,7 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
     data = config.data
     if data.path != "builtin":
         return data.path, data.eval_path
-    from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, prepare_builtin_dataset
+    from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, builtin_vocab_dir, prepare_builtin_dataset
 
     mode = data.mode or objectives.data_modes[0]
     cache = os.path.join(workdir, "data")
@@ -79,14 +79,14 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
     if jax.process_index() == 0:
         train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=docs, **kwargs)
         # Held out: documents of another seed, tokenised with the training vocab.
-        vocab = os.path.join(cache, f"vocab-v{data.builtin_vocab_size}-docs{docs}-seed0")
+        vocab = builtin_vocab_dir(cache, data.builtin_vocab_size, docs, 0)
         eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
                                                              vocab=vocab, **kwargs)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("builtin data ready")
     train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=docs, **kwargs)
-    vocab = os.path.join(cache, f"vocab-v{data.builtin_vocab_size}-docs{docs}-seed0")
+    vocab = builtin_vocab_dir(cache, data.builtin_vocab_size, docs, 0)
     eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
                                                          vocab=vocab, **kwargs)
     return train_dir, eval_dir
