@@ -7,16 +7,14 @@ hard MLM loss; set the teacher (a pretraining workdir, a params file or a transf
 Variants as in configs/pretrain.py; at 'base' the student is DistilBERT's shape (6 layers of BERT-base).
 Hidden-state matching is off by default (--config.objective_options.distill.hidden_weight=1.0 turns it on).
 """
-import importlib.util
 import os
+
+from bert_jax.configlib import load_config_file
 
 
 def _pretrain_config(variant):
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-    spec = importlib.util.spec_from_file_location("bert_jax_config_pretrain_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config_file(f"{path}:{variant or ''}")
 
 
 def get_config(arg=None):

@@ -7,16 +7,14 @@ Variants: 'small' (ELECTRA-Small: 12 layers, hidden 256, 4 heads, E=128, batch 1
 and every configs/pretrain.py variant (tiny, mini, base, large, ...) with ELECTRA's objective on top.
 Masked positions are [MASK] 85% of the time and kept 15% (ELECTRA's pretraining helpers; no random tokens).
 """
-import importlib.util
 import os
+
+from bert_jax.configlib import load_config_file
 
 
 def _pretrain_config(variant):
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-    spec = importlib.util.spec_from_file_location("bert_jax_config_pretrain_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config_file(f"{path}:{variant or ''}")
 
 
 def get_config(arg=None):

@@ -3,16 +3,14 @@
 
     bert-jax pretrain --config configs/roberta.py:base --workdir ...   (variants as in configs/pretrain.py)
 """
-import importlib.util
 import os
+
+from bert_jax.configlib import load_config_file
 
 
 def _pretrain_config(variant):
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-    spec = importlib.util.spec_from_file_location("bert_jax_config_pretrain_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config_file(f"{path}:{variant or ''}")
 
 
 def get_config(arg=None):
