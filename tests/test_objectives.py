@@ -344,47 +344,29 @@ def test_loss_falls_and_pmap_matches_mesh(spec, dataset, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["mesh", "pmap"])
 def test_distill_learns_from_a_frozen_teacher(strategy, dataset, tmp_path):
-    """The student's soft loss falls; the teacher (narrower: the hidden loss goes through a projection) stays
-    outside the train state. Driven through the steps as pretrain.run does, with the teacher as an argument."""
-    from bert_jax.data.masking import MaskingConfig
-    from bert_jax.data.pipeline import make_pretrain_iterator
-    from bert_jax.parallel.sharding import LOGICAL_RULES, make_mesh
-    from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
-    from bert_jax.train.state import create_sharded_state
-    from bert_jax.train.step import make_train_step, summarize
+    """Through pretrain.run: the student's soft and hidden losses fall (the teacher is narrower, so the hidden
+    loss goes through a projection), and the checkpointed train state holds no teacher."""
+    import orbax.checkpoint as ocp
 
     path = dataset("full-sentences")
     vocab = int(read_manifest(path)["vocab_size"])
-    _save_teacher(str(tmp_path / "t.msgpack"), CFG.replace(vocab_size=vocab, initializer_range=0.2), seed=7)
-    objectives = ObjectiveSet.parse("distill", {"distill": {"teacher": str(tmp_path / "t.msgpack"),
-                                                            "hidden_weight": 1.0}})
-    model = PretrainModel(CFG.replace(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_layers=1),
-                          objectives)
-    optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=2e-3, warmup_steps=3, total_steps=25))
-    batches = make_pretrain_iterator(path, 16, 0, MaskingConfig(max_predictions=10), vocab_size=vocab)
-    frozen = objectives.load_frozen()
-    mesh = make_mesh({"data": -1})
-    state, _, shardings = create_sharded_state(model, optimizer, example_batch(16, 64, 10), mesh, 0)
-    assert set(state.params) == {"encoder", "mlm_head", "distill_projection"}
-    if strategy == "mesh":
-        step = jax.jit(make_train_step(model, objectives, optimizer, schedule), in_shardings=(shardings, None, None))
-
-        def run(s, b):
-            with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-                return step(s, pretrain._global_batch(b, mesh), frozen)
-    else:
-        devices = jax.local_devices()
-        step = jax.pmap(make_train_step(model, objectives, optimizer, schedule, axis_name="batch"), axis_name="batch")
-        state = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), jax.device_get(state))
-        frozen = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), frozen)  # in_axes 0, as state
-        run = lambda s, b: step(s, pretrain._pmap_batch(b), frozen)  # noqa: E731
-    records = []
-    for _ in range(25):
-        state, metrics = run(state, next(batches))
-        host = jax.device_get(metrics)
-        records.append(summarize(jax.tree.map(lambda x: x[0], host) if strategy == "pmap" else host))
+    teacher = str(tmp_path / "t.msgpack")
+    _save_teacher(teacher, CFG.replace(vocab_size=vocab, initializer_range=0.2), seed=7)
+    c = small_config("distill", path, 25, strategy, options={"distill": {"teacher": teacher, "hidden_weight": 1.0}})
+    c.data.eval_path = path
+    c.train.update(eval_every=25, eval_batches=2, checkpoint_every=25)
+    workdir = str(tmp_path / strategy)
+    out = pretrain.run(c, workdir)
+    records = train_log(workdir)
     for term, factor in (("distill_soft_loss", 0.85), ("distill_hidden_loss", 0.85), ("mlm_loss", 0.95)):
         assert_falls(records, term, factor)
+    assert out["step"] == 25
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["split"] == "eval"]
+    assert len(evals) == 1 and np.isfinite(evals[0]["distill_soft_loss"]), evals
+    step_dir = os.path.join(workdir, "checkpoints", "25")
+    tree = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata.tree
+    assert set(tree["params"]) == {"encoder", "mlm_head", "distill_projection"}, set(tree["params"])
 
 
 @pytest.mark.parametrize("name", ["albert", "roberta", "spanbert", "electra", "distill"])

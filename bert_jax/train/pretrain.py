@@ -164,6 +164,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                       warmup_steps=min(opt_cfg.warmup_steps, t.steps))
     optimizer, schedule = make_optimizer(opt_cfg)
     model = PretrainModel(model_cfg, objectives)
+    frozen = objectives.load_frozen()  # e.g. a distillation teacher: an input to the steps, never trained
 
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -216,25 +217,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         p_train = jax.pmap(train_step, axis_name="batch", donate_argnums=(0,))
         p_eval = jax.pmap(eval_step, axis_name="batch")
         # One copy per local device along a new leading axis; pmap places slice i on device i.
-        state = jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), jax.device_get(state))
-        run_step = lambda s, b: p_train(s, _pmap_batch(b))
-        run_eval = lambda p, b: jax.tree.map(lambda x: x[0], p_eval(p, _pmap_batch(b)))
+        replicate = lambda tree: jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), tree)
+        state = replicate(jax.device_get(state))
+        frozen = jax.pmap(lambda x: x)(replicate(frozen))  # one copy per device, placed once (not per step)
+        run_step = lambda s, b: p_train(s, _pmap_batch(b), frozen)
+        run_eval = lambda p, b: jax.tree.map(lambda x: x[0], p_eval(p, _pmap_batch(b), frozen))
         # The first device's copy, without compiling an indexing op per leaf shape.
         first_copy = lambda x: np.asarray(x.addressable_shards[0].data if isinstance(x, jax.Array) else x)[0]
         unreplicate = lambda s: jax.tree.map(first_copy, s)
     elif t.strategy == "mesh":
         metric_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        jit_train = jax.jit(train_step, in_shardings=(shardings, None), out_shardings=(shardings, metric_sharding),
-                            donate_argnums=(0,))
-        jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, None), out_shardings=metric_sharding)
+        frozen = jax.device_put(frozen, metric_sharding)  # replicated on every device, placed once
+        jit_train = jax.jit(train_step, in_shardings=(shardings, None, metric_sharding),
+                            out_shardings=(shardings, metric_sharding), donate_argnums=(0,))
+        jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, None, metric_sharding),
+                           out_shardings=metric_sharding)
 
         def run_step(s, b):
             with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-                return jit_train(s, _global_batch(b, mesh))
+                return jit_train(s, _global_batch(b, mesh), frozen)
 
         def run_eval(p, b):
             with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-                return jit_eval(p, _global_batch(b, mesh))
+                return jit_eval(p, _global_batch(b, mesh), frozen)
 
         unreplicate = lambda s: s
     else:
