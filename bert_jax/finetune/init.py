@@ -1,0 +1,122 @@
+"""Where fine-tuning starts: `--init PATH` read into (model config, pretrained params, vocab, fingerprint).
+
+PATH is one of
+  - a pretraining workdir (its newest complete checkpoint; `workdir@STEP` picks a step),
+  - a params file written by `bert-jax export` / `bert-jax convert` (`bert_jax.interop.save_params`),
+  - a transformers checkpoint directory (config.json + model.safetensors / pytorch_model.bin).
+Anything else is an error: fine-tuning never silently starts from random weights.
+
+The fingerprint is a sha256 over every parameter's path, dtype, shape and bytes, so the metrics of a fine-tuning
+run name exactly which weights they came from, whatever file format carried them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import jax
+import numpy as np
+
+from bert_jax.model.config import ModelConfig
+
+
+class InitError(ValueError):
+    """A --init path that cannot be used; the message says why and what to pass instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedInit:
+    kind: str  # 'workdir' | 'params' | 'hf'
+    path: str
+    config: ModelConfig  # unscanned layout (fine-tuning reads hidden states per layer)
+    params: dict  # a BertForPreTraining-style tree: 'encoder', and 'pooler' etc. where the source has them
+    vocab_path: str | None  # the vocab.txt the weights were trained with, when the source records it
+    fingerprint: str
+    step: int | None = None
+
+    def describe(self) -> dict:
+        return {"init": self.path, "init_kind": self.kind, "init_fingerprint": self.fingerprint,
+                "init_step": self.step, "vocab": self.vocab_path}
+
+
+def params_fingerprint(params) -> str:
+    digest = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: jax.tree_util.keystr(kv[0])):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _unscanned(config: ModelConfig, params: dict) -> tuple[ModelConfig, dict]:
+    if not config.scan_layers:
+        return config, params
+    from bert_jax.model.params import to_unscanned
+
+    return config.replace(scan_layers=False), to_unscanned(params)
+
+
+def _from_workdir(path: str, step: int | None) -> PretrainedInit:
+    from bert_jax.train import checkpoint as ckpt
+    from bert_jax.train.export import model_config_from_saved, read_checkpoint_params
+
+    params, saved, step = read_checkpoint_params(path, step)
+    config = model_config_from_saved(saved)
+    manager = ckpt.open_manager(os.path.join(path, "checkpoints"), async_save=False)
+    manifest = manager.restore(step, args=ckpt.ocp.args.Composite(manifest=ckpt.ocp.args.JsonRestore()))["manifest"]
+    vocab = (manifest or {}).get("vocab_path")
+    # Pretraining-only networks (ELECTRA's generator, a distillation projection) stay behind; the discriminator /
+    # student is 'encoder' whatever the objective.
+    params = {k: v for k, v in params.items() if k in ("encoder", "pooler", "mlm_head", "nsp_head", "sop_head")}
+    config, params = _unscanned(config, params)
+    return PretrainedInit("workdir", os.path.abspath(path), config, params, vocab, params_fingerprint(params), step)
+
+
+def _from_params_file(path: str) -> PretrainedInit:
+    from bert_jax.interop import load_params
+
+    config, params = load_params(path, scan_layers=False)
+    sibling = os.path.join(os.path.dirname(os.path.abspath(path)), "vocab.txt")
+    return PretrainedInit("params", os.path.abspath(path), config.replace(scan_layers=False), params,
+                          sibling if os.path.exists(sibling) else None, params_fingerprint(params))
+
+
+def _from_hf(path: str) -> PretrainedInit:
+    from bert_jax.interop import load_hf_checkpoint
+
+    config, params = load_hf_checkpoint(path, heads="init")
+    vocab = os.path.join(path, "vocab.txt")
+    return PretrainedInit("hf", os.path.abspath(path), config.replace(scan_layers=False), params,
+                          vocab if os.path.exists(vocab) else None, params_fingerprint(params))
+
+
+def load_init(path: str) -> PretrainedInit:
+    """Read --init (see the module docstring); `workdir@STEP` selects a checkpoint step."""
+    if not path:
+        raise InitError("--init is required: a pretraining workdir, a params file (bert-jax export) or a "
+                        "transformers checkpoint directory; fine-tuning never starts from random weights")
+    step = None
+    if "@" in path and not os.path.exists(path):
+        path, _, step_text = path.rpartition("@")
+        if not step_text.isdigit():
+            raise InitError(f"--init {path}@{step_text}: the part after @ must be a checkpoint step number")
+        step = int(step_text)
+    if not os.path.exists(path):
+        raise InitError(f"--init {path} does not exist; pass a pretraining workdir, a params file or a "
+                        "transformers checkpoint directory")
+    try:
+        if os.path.isdir(os.path.join(path, "checkpoints")):
+            return _from_workdir(path, step)
+        if os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(path):
+            return _from_hf(path)
+        if os.path.isfile(path):
+            return _from_params_file(path)
+    except InitError:
+        raise
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise InitError(f"--init {path} could not be read ({type(e).__name__}: {e}); pass a complete pretraining "
+                        "workdir, params file or transformers checkpoint directory") from e
+    raise InitError(f"--init {path} is neither a pretraining workdir (no checkpoints/), a transformers checkpoint "
+                    "directory (no config.json) nor a params file")

@@ -1,0 +1,152 @@
+"""One fine-tuning run: one learning rate, one seed. The protocol over settings lives in main.py.
+
+Linear: init the task model, copy the pretrained encoder (and pooler) in, AdamW with 10% linear warm-up and
+linear decay to zero, `epochs` passes over bucketed fixed-shape batches, eval on each eval split at the end
+(and after each epoch when asked). Metrics are computed on the host from outputs gathered per feature row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bert_jax.finetune.batching import iterate_batches, model_inputs, num_batches
+from bert_jax.finetune.model import FineTuneModel, merge_pretrained, task_loss, trainable_mask
+from bert_jax.train.optimizer import weight_decay_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    learning_rate: float
+    seed: int
+    epochs: int = 3
+    batch_size: int = 32
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip_norm: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"lr{self.learning_rate:g}_seed{self.seed}"
+
+
+def make_optimizer(setting: Setting, total_steps: int, params) -> optax.GradientTransformation:
+    warmup = int(round(setting.warmup_fraction * total_steps))
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, setting.learning_rate, max(warmup, 1)),
+         optax.linear_schedule(setting.learning_rate, 0.0, max(total_steps - warmup, 1))], [max(warmup, 1)])
+    core = optax.chain(
+        optax.clip_by_global_norm(setting.grad_clip_norm) if setting.grad_clip_norm > 0 else optax.identity(),
+        optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=setting.weight_decay,
+                    mask=weight_decay_mask(params)))
+    # A frozen encoder (feature-based) gets no update and no optimiser state.
+    labels = jax.tree.map(lambda trainable: "train" if trainable else "frozen", trainable_mask(params))
+    return optax.multi_transform({"train": core, "frozen": optax.set_to_zero()}, labels)
+
+
+def _step_fns(model: FineTuneModel, optimizer):
+    head = model.head
+
+    def loss_fn(params, batch, key):
+        outputs = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": key})
+        loss_sum, count = task_loss(head, outputs, batch)
+        return loss_sum / jnp.maximum(count, 1.0), (loss_sum, count)
+
+    def train_step(params, opt_state, batch, key):
+        (_, (loss_sum, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"loss_sum": loss_sum, "count": count}
+
+    def eval_step(params, batch):
+        return model.apply({"params": params}, batch, deterministic=True)
+
+    return jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step)
+
+
+def gather_outputs(eval_step, params, features: Mapping[str, np.ndarray], batch_size: int,
+                   widths: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """The model's outputs for every feature row, in row order; sequence outputs padded to the features' width
+    (logits beyond a row's bucket width are -1e9, never a candidate)."""
+    n, full_width = features["input_ids"].shape
+    out: dict[str, np.ndarray] = {}
+    for batch in iterate_batches(features, batch_size, widths):
+        result = jax.device_get(eval_step(params, model_inputs(batch)))
+        real = batch["weight"] > 0
+        rows = batch["row_index"][real]
+        width = batch["input_ids"].shape[1]
+        for key, value in result.items():
+            value = np.asarray(value, np.float32)[real]
+            sequence = value.ndim >= 2 and value.shape[1] == width
+            if key not in out:
+                shape = (n, full_width) + value.shape[2:] if sequence else (n,) + value.shape[1:]
+                out[key] = np.full(shape, -1e9 if sequence else 0.0, np.float32)
+            if sequence:
+                out[key][rows, :width] = value
+            else:
+                out[key][rows] = value
+    return out
+
+
+def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapping[str, np.ndarray],
+                evals: Mapping[str, Mapping[str, np.ndarray]],
+                evaluate: Callable[[str, dict[str, np.ndarray]], dict[str, float]], setting: Setting,
+                widths: tuple[int, ...], eval_each_epoch: bool = False, log: Callable[[str], None] = print,
+                progress: bool = False) -> dict:
+    """Train one setting; returns {'setting', 'epochs': [{'epoch', 'train_loss', <split>: metrics}], 'final':
+    {split: metrics}, 'loaded', 'seconds', 'steps', 'params' and 'eval_step' (to predict other splits)}."""
+    key = jax.random.key(setting.seed)
+    example = model_inputs(next(iterate_batches(train, setting.batch_size, widths)))
+    fresh = model.init({"params": jax.random.fold_in(key, 0), "dropout": key}, example, deterministic=True)
+    params, report = merge_pretrained(fresh["params"], pretrained)
+    steps_per_epoch = num_batches(train, setting.batch_size, widths)
+    total = steps_per_epoch * setting.epochs
+    optimizer = make_optimizer(setting, total, params)
+    opt_state = optimizer.init(params)
+    train_step, eval_step = _step_fns(model, optimizer)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=setting.name, leave=False)
+    start, step, history = time.perf_counter(), 0, []
+    for epoch in range(setting.epochs):
+        loss_sum, count = 0.0, 0.0
+        pending = []
+        for batch in iterate_batches(train, setting.batch_size, widths, shuffle_seed=setting.seed * 1009 + epoch):
+            params, opt_state, metrics = train_step(params, opt_state, model_inputs(batch),
+                                                    jax.random.fold_in(key, step + 1))
+            pending.append(metrics)  # read back lazily: no host sync inside the loop
+            step += 1
+            if bar is not None:
+                bar.update(1)
+        for m in jax.device_get(pending):
+            loss_sum, count = loss_sum + float(m["loss_sum"]), count + float(m["count"])
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1.0)}
+        if not math.isfinite(record["train_loss"]):
+            raise FloatingPointError(f"{setting.name}: train loss is {record['train_loss']} in epoch {epoch + 1}; "
+                                     "lower the learning rate")
+        if eval_each_epoch or epoch == setting.epochs - 1:
+            for split, feats in evals.items():
+                outputs = gather_outputs(eval_step, params, feats, setting.batch_size, widths)
+                record[split] = evaluate(split, outputs)
+        history.append(record)
+        log(f"{setting.name} epoch {epoch + 1}: " + ", ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={_short(v)}" for k, v in record.items() if k != "epoch"))
+    if bar is not None:
+        bar.close()
+    return {"setting": dataclasses.asdict(setting), "epochs": history,
+            "final": {split: history[-1][split] for split in evals}, "loaded": report,
+            "seconds": time.perf_counter() - start, "steps": total, "params": params,
+            "eval_step": eval_step}
+
+
+def _short(metrics) -> str:
+    if isinstance(metrics, dict):
+        return "{" + ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))) + "}"
+    return str(metrics)
