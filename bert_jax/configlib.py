@@ -33,7 +33,14 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     return config
 
 
+BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
 def _parse_value(text: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        if text.strip().lower() not in BOOL_WORDS:
+            raise ConfigError(f"cannot parse {text!r} as bool; use true or false")
+        return BOOL_WORDS[text.strip().lower()]
     if isinstance(current, str) or current is None and not _looks_literal(text):
         return text
     try:

@@ -8,10 +8,11 @@ GLUE's submission format numbers them 0..n-1 in that order.
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -111,19 +112,29 @@ def read_glue(task: str, data_dir: str, split: str) -> list[SentenceExample]:
     """Examples of one split, labels as indices into `GLUE_TASKS[task].labels` (float scores for stsb)."""
     spec = get_task(task)
     path = glue_path(task, data_dir, split)
-    label_column = spec.label.get(split)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
-            rows = [(i + 1, row) for i, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))]
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            # One record per line under QUOTE_NONE, so the reader's line_num is the file's line number.
+            return _read_rows(spec, path, split, ((reader.line_num, row) for row in reader if row))
     except UnicodeDecodeError as e:
         raise GlueFormatError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); re-encode it as UTF-8") from e
-    columns, num_columns, rows = _columns(spec, path, rows, label_column)
+    except csv.Error as e:  # e.g. a field over csv's size limit: not a GLUE file
+        raise GlueFormatError(f"{path}:{reader.line_num}: {e}; pass a GLUE {spec.name} TSV file") from e
+
+
+def _read_rows(spec: GlueTask, path: str, split: str, rows: Iterator[tuple[int, list[str]]]) -> list[SentenceExample]:
+    label_column = spec.label.get(split)
+    first = next(rows, None)
+    if first is None:
+        raise GlueFormatError(f"{path} is empty; pass a GLUE {spec.name} file with at least one row")
+    columns, num_columns, has_header = _columns(spec, f"{path}:{first[0]}", first[1], label_column)
+    if not has_header:
+        rows = itertools.chain([first], rows)
     label_index = None if spec.labels is None else {v: i for i, v in enumerate(spec.labels)}
     examples: list[SentenceExample] = []
     skipped: list[int] = []
     for line, row in rows:
-        if not row:  # blank line (a trailing newline at the end of the file)
-            continue
         if len(row) != num_columns:
             if spec.skip_malformed:
                 skipped.append(line)
@@ -143,7 +154,8 @@ def read_glue(task: str, data_dir: str, split: str) -> list[SentenceExample]:
                 raise GlueFormatError(f"{path}:{line}: label {value!r} in column {label_column!r} is not {expected}; "
                                       f"fix that row or pass the right task (not {spec.name!r})") from None
         text_b = None if spec.text_b is None else row[columns[spec.text_b]]
-        examples.append(SentenceExample(f"{spec.name}-{split}-{len(examples)}", row[columns[spec.text_a]], text_b, label))
+        guid = f"{spec.name}-{split}-{len(examples)}"
+        examples.append(SentenceExample(guid, row[columns[spec.text_a]], text_b, label))
     if skipped:
         log.warning("%s: skipped %d malformed rows (wrong column count or label), lines %s%s", path, len(skipped),
                     skipped[:10], " ..." if len(skipped) > 10 else "")
@@ -158,27 +170,24 @@ def _parse_label(value: str, label_index: dict[str, int] | None) -> int | float:
     return label_index[value]
 
 
-def _columns(spec: GlueTask, path: str, rows, label_column):
-    """(column name -> index, expected column count, data rows) from the header or the task's fixed positions."""
+def _columns(spec: GlueTask, where: str, first: list[str], label_column: str | None):
+    """(column name -> index, expected column count, whether `first` is a header) from the header or positions."""
     needed = [c for c in (spec.text_a, spec.text_b, label_column) if c is not None]
-    first = next((row for _, row in rows if row), None)
-    if first is None:
-        raise GlueFormatError(f"{path} is empty; pass a GLUE {spec.name} file with at least one row")
     # Header-less tasks (CoLA) still get a header in their test file, so detect it by its column names.
     if spec.header or set(needed) <= set(first):
         missing = [c for c in needed if c not in first]
         if missing:
-            raise GlueFormatError(f"{path}:1: header {first} lacks column(s) {missing}; pass the GLUE {spec.name} "
+            raise GlueFormatError(f"{where}: header {first} lacks column(s) {missing}; pass the GLUE {spec.name} "
                                   f"file with its original header row")
-        header_line = next(i for i, (_, row) in enumerate(rows) if row)
-        return {c: first.index(c) for c in needed}, len(first), rows[header_line + 1:]
+        return {c: first.index(c) for c in needed}, len(first), True
     missing = [c for c in needed if c not in spec.positions]
     if missing:
-        raise GlueFormatError(f"{path}:1: no header row with column(s) {missing}; add GLUE's header line")
-    return {c: spec.positions[c] for c in needed}, spec.num_columns, rows
+        raise GlueFormatError(f"{where}: no header row with column(s) {missing}; add GLUE's header line")
+    return {c: spec.positions[c] for c in needed}, spec.num_columns, False
 
 
-def truncate_pair_lengths(len_a: np.ndarray, len_b: np.ndarray, budget: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+def truncate_pair_lengths(len_a: np.ndarray, len_b: np.ndarray,
+                          budget: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
     """Kept lengths under BERT's `_truncate_seq_pair` (drop one token from the longer side, b on ties).
 
     Closed form of that loop: the longer side shrinks to the shorter one, then both alternate, so the
@@ -214,7 +223,10 @@ def featurize_pairs(examples: Sequence[SentenceExample], tokenizer, max_seq_len:
     if max_seq_len < (3 if has_b.any() else 2):
         raise ValueError(f"max_seq_len={max_seq_len} leaves no room for text after [CLS]/[SEP]; use 128 or so")
     ids_a, _, off_a = tokenizer.encode_flat([e.text_a for e in examples])
-    ids_b, _, off_b = tokenizer.encode_flat([e.text_b or "" for e in examples])
+    if has_b.any():
+        ids_b, _, off_b = tokenizer.encode_flat([e.text_b or "" for e in examples])
+    else:  # single-sentence task: skip a tokenizer pass over n empty strings
+        ids_b, off_b = np.zeros(0, np.int32), np.zeros(n + 1, np.int64)
     len_a, len_b = np.diff(off_a), np.diff(off_b)
     budget = np.where(has_b, max_seq_len - 3, max_seq_len - 2)
     keep_a, keep_b = truncate_pair_lengths(len_a, len_b, budget)
@@ -234,7 +246,8 @@ def featurize_pairs(examples: Sequence[SentenceExample], tokenizer, max_seq_len:
 
     if regression is None:
         regression = any(isinstance(e.label, float) for e in examples)
-    label = np.array([0 if e.label is None else e.label for e in examples], dtype=np.float32 if regression else np.int32)
+    label_dtype = np.float32 if regression else np.int32
+    label = np.array([0 if e.label is None else e.label for e in examples], dtype=label_dtype)
     return {
         "input_ids": input_ids,
         "token_type_ids": token_type_ids,

@@ -129,17 +129,28 @@ class BiLSTM(nn.Module):
 
     @nn.compact
     def __call__(self, x, lengths, deterministic: bool):
-        def rnn():
-            return nn.RNN(nn.OptimizedLSTMCell(self.units, dtype=jnp.float32, param_dtype=self.param_dtype))
-
         x = x.astype(jnp.float32)
         for i in range(self.num_layers):
             x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-            # seq_lengths makes the backward direction start at the last real token and the returned carry be
-            # the one at that token, so appended padding changes nothing at real positions.
-            (fwd, bwd), x = nn.Bidirectional(rnn(), rnn(), name=f"layer_{i}")(
-                x, seq_lengths=lengths, return_carry=True)
+            (fwd, bwd), x = _BiLSTMLayer(self.units, self.param_dtype, name=f"layer_{i}")(x, lengths)
         return x, jnp.concatenate([fwd[1], bwd[1]], axis=-1)  # an LSTM carry is (c, h)
+
+
+class _BiLSTMLayer(nn.Module):
+    """One bidirectional layer; the cells are made here so their params sit at layer_i/{forward,backward}."""
+
+    units: int
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x, lengths):
+        def rnn(name):
+            return nn.RNN(nn.OptimizedLSTMCell(self.units, dtype=jnp.float32, param_dtype=self.param_dtype,
+                                               name=name))
+
+        # seq_lengths makes the backward direction start at the last real token and the returned carry be
+        # the one at that token, so appended padding changes nothing at real positions.
+        return nn.Bidirectional(rnn("forward"), rnn("backward"))(x, seq_lengths=lengths, return_carry=True)
 
 
 class ScalarMix(nn.Module):

@@ -90,9 +90,11 @@ def _squad_task(version: str, options: dict) -> Task:
             max_answer_len=options.get("max_answer_len", 30), version_2=version_2,
             null_threshold=options.get("null_threshold", 0.0))
         metrics = squad.squad_metrics(examples, predictions)
-        if version_2:
-            metrics["best_f1"], metrics["best_f1_threshold"] = squad.best_null_threshold(examples, predictions,
-                                                                                         null_odds)
+        if version_2:  # tune the no-answer threshold on never-blanked predictions (as evaluate-v2.0's best_f1)
+            always, odds = squad.postprocess_squad(
+                examples, features, outputs["start_logits"], outputs["end_logits"], n_best=options.get("n_best", 20),
+                max_answer_len=options.get("max_answer_len", 30), version_2=True, null_threshold=float("inf"))
+            metrics["best_f1"], metrics["best_f1_threshold"] = squad.best_null_threshold(examples, always, odds)
         return metrics
 
     return Task(name=f"squad/v{version}", kind="span", num_labels=2, metric="f1", eval_splits=("dev",),

@@ -1,0 +1,538 @@
+"""Full pretraining step (MLM + NSP, forward + backward + AdamW) of bert_jax against HF peers, in one run.
+
+    python benchmarks/train_step.py [--shapes mini,base] [--steps 10] [--warmup 2] [--peers torch,flax]
+    python benchmarks/train_step.py --quick                 # tiny shape, 3 steps, torch peer only (smoke test)
+    python benchmarks/train_step.py --memory-sweep          # compile-only: base at seq 512, per remat policy
+    python benchmarks/train_step.py --variant scan_layers=True --variant remat_policy=full   # extra rows
+
+Every framework gets the same inputs (written once to an .npz): random token ids, the last ~10% of each row
+padding (input_mask 0), round(0.15 * real tokens) masked positions ([MASK] in input_ids), NSP labels; fp32;
+dropout 0.1; AdamW (lr 1e-4, wd 0.01, eps 1e-6, no clipping, constant rate). Peers run in subprocesses
+(_peer_torch.py in this venv; _peer_flax.py in a transformers<5 venv made once and cached) and every
+framework is set up before timing starts, then timed in alternating blocks (A, B, C, A, B, C) because this
+machine's speed swings between runs. tokens/s counts all batch * seq positions, padding included (as the
+issue's figures do). MFU uses one model-FLOPs count for everyone (bert_jax.train.flops: MLM head at the
+max_predictions positions) against a jnp.dot matmul peak measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")
+DEFAULT_PEER_VENV = os.path.join(os.path.expanduser("~"), ".cache", "bert_jax_bench", "flax-peer-venv")
+PAD, CLS, SEP, MASK = 0, 101, 102, 103  # BERT's uncased ids; random tokens are drawn from [1000, vocab)
+OPTIMIZER = dict(lr=1e-4, weight_decay=0.01, eps=1e-6)
+TOKENS_DEFINITION = "batch * seq per step (padding positions included)"
+
+
+class BenchmarkError(ValueError):
+    """A bad command-line value; the message names it and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+    seq: int
+    batch: int
+
+    @property
+    def pad(self) -> int:
+        return int(round(0.1 * self.seq))
+
+    @property
+    def max_predictions(self) -> int:
+        return int(round(0.15 * self.seq))
+
+    @property
+    def masked_per_row(self) -> int:
+        return int(round(0.15 * (self.seq - self.pad)))
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+
+SHAPES = {
+    "tiny": Shape("tiny", 2, 64, 2, 256, 2048, 32, 4),
+    "mini": Shape("mini", 4, 256, 4, 1024, 30522, 128, 32),
+    "base": Shape("base", 12, 768, 12, 3072, 30522, 128, 8),
+}
+
+
+def make_inputs(shape: Shape, seed: int) -> dict[str, np.ndarray]:
+    """The shared batch, in bert_jax's pipeline format plus `mlm_labels` ([B, L], -100 where not predicted)
+    for the HF peers."""
+    rng = np.random.default_rng(seed)
+    b, l, p = shape.batch, shape.seq, shape.max_predictions
+    real, n_mask = l - shape.pad, shape.masked_per_row
+    pos = np.arange(l)[None, :]
+    original = rng.integers(1000, shape.vocab, (b, l)).astype(np.int32)
+    original[:, 0], original[:, real - 1] = CLS, SEP
+    original[:, real:] = PAD
+    # n_mask distinct positions per row among the real ones after [CLS]: the first n_mask of a random order.
+    order = np.argsort(rng.random((b, real - 1)), axis=1)[:, :n_mask] + 1
+    masked_positions = np.zeros((b, p), np.int32)
+    masked_positions[:, :n_mask] = np.sort(order, axis=1)
+    masked_weights = np.zeros((b, p), np.float32)
+    masked_weights[:, :n_mask] = 1.0
+    rows = np.arange(b)[:, None]
+    masked_ids = np.where(masked_weights > 0, original[rows, masked_positions], 0).astype(np.int32)
+    input_ids = original.copy()
+    input_ids[rows, masked_positions[:, :n_mask]] = MASK
+    mlm_labels = np.full((b, l), -100, np.int32)
+    mlm_labels[rows, masked_positions[:, :n_mask]] = original[rows, masked_positions[:, :n_mask]]
+    return {"input_ids": input_ids,
+            "token_type_ids": ((pos >= real // 2) & (pos < real)).astype(np.int32).repeat(b, 0),
+            "input_mask": (pos < real).astype(np.int32).repeat(b, 0),
+            "position_ids": np.tile(np.arange(l, dtype=np.int32), (b, 1)),
+            "masked_positions": masked_positions, "masked_ids": masked_ids, "masked_weights": masked_weights,
+            "sentence_label": rng.integers(0, 2, b).astype(np.int32), "mlm_labels": mlm_labels}
+
+
+@dataclasses.dataclass(frozen=True)
+class Runner:
+    """A framework set up and warm: `run(n)` -> (per-step seconds, last loss); `close()` frees it."""
+    framework: str
+    info: dict
+    run: object
+    close: object
+
+
+def model_config(shape: Shape, overrides: dict):
+    from bert_jax.model.config import ModelConfig
+    return ModelConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, num_layers=shape.layers,
+                       num_heads=shape.heads, intermediate_size=shape.ffn,
+                       max_position_embeddings=max(512, shape.seq), **overrides)
+
+
+def memory_dict(compiled) -> dict | None:
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "generated_code_size_in_bytes")
+    return {k: int(getattr(mem, k)) for k in keys if hasattr(mem, k)}
+
+
+def compile_bert_jax(shape: Shape, overrides: dict, seed: int, batch_np: dict, materialise: bool = True):
+    """(compiled step, state or None, batch on device, info) wired as bert_jax/train/pretrain.py does: state
+    created sharded on a 1-device mesh, jit with explicit shardings and the state donated."""
+    import flax.linen as nn
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from bert_jax.objectives import ObjectiveSet, PretrainModel
+    from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, make_mesh
+    from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
+    from bert_jax.train.state import create_sharded_state, state_shardings
+    from bert_jax.train.step import make_train_step
+
+    cfg = model_config(shape, overrides)
+    objectives = ObjectiveSet.parse("mlm+nsp")
+    model = PretrainModel(cfg, objectives)
+    optimizer, schedule = make_optimizer(OptimizerConfig(
+        name="adamw", learning_rate=OPTIMIZER["lr"], weight_decay=OPTIMIZER["weight_decay"], eps=OPTIMIZER["eps"],
+        warmup_steps=0, schedule="constant", grad_clip_norm=0.0))
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    if materialise:
+        state, abstract, shardings = create_sharded_state(model, optimizer, batch_np, mesh, seed)
+    else:
+        abstract, shardings = state_shardings(model, optimizer, batch_np, mesh)
+        state = None
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_np.items()}
+    step = make_train_step(model, objectives, optimizer, schedule)
+    jitted = jax.jit(step, in_shardings=(shardings, batch_shardings, replicated),
+                     out_shardings=(shardings, replicated), donate_argnums=(0,))
+    batch = jax.device_put(batch_np, batch_shardings) if materialise else {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch_np.items()}
+    state_arg = state if materialise else jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        start = time.perf_counter()
+        lowered = jitted.lower(state_arg, batch, {})
+        lower_s = time.perf_counter() - start
+        start = time.perf_counter()
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - start
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    info = {"params": params, "lower_s": lower_s, "compile_s": compile_s, "memory": memory_dict(compiled),
+            "model_overrides": overrides}
+    return compiled, state, batch, info
+
+
+def start_bert_jax(shape: Shape, overrides: dict, seed: int, inputs: dict) -> Runner:
+    import jax
+
+    batch_np = {k: v for k, v in inputs.items() if k != "mlm_labels"}
+    compiled, state, batch, info = compile_bert_jax(shape, overrides, seed, batch_np)
+    holder = {"state": state}
+
+    def run(n: int):
+        times, metrics = [], None
+        for _ in range(n):
+            start = time.perf_counter()
+            holder["state"], metrics = compiled(holder["state"], batch, {})
+            jax.block_until_ready((holder["state"], metrics))
+            times.append(time.perf_counter() - start)
+            if "loss0" not in info:
+                host = jax.device_get(metrics)
+                info["loss0"] = float(host["loss"])
+                info["mlm_loss0"] = float(host["sum/mlm_loss"]) / max(float(host["count/mlm_loss"]), 1.0)
+        return times, float(metrics["loss"]) if metrics is not None else math.nan
+
+    name = "bert_jax" + ("[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else "")
+    return Runner(name, info, run, lambda: holder.clear())
+
+
+def start_peer(framework: str, python: str, shape: Shape, seed: int, inputs_path: str, threads: int,
+               log_dir: str) -> Runner:
+    """A peer subprocess, set up (model built, compiled where it compiles) and waiting for 'run N'."""
+    script = os.path.join(HERE, f"_peer_{framework}.py")
+    spec = dict(dataclasses.asdict(shape), seed=seed, threads=threads, **OPTIMIZER)
+    stderr = open(os.path.join(log_dir, f"{framework}-{shape.name}.stderr"), "w+")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["TRANSFORMERS_VERBOSITY"] = "error"
+    proc = subprocess.Popen([python, script, inputs_path, json.dumps(spec)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+
+    def read_event(until: str) -> dict:
+        events = {}
+        while True:
+            line = proc.stdout.readline()
+            if not line:
+                stderr.seek(0)
+                tail = [s for s in stderr.read().splitlines() if s.strip()][-1:] or ["no output"]
+                raise RuntimeError(f"{framework} peer exited ({proc.wait()}): {tail[0][:300]}")
+            if line.startswith("{"):
+                event = json.loads(line)
+                events.update(event)
+                if event.get("event") == until:
+                    return events
+
+    def run(n: int):
+        proc.stdin.write(f"run {n}\n")
+        proc.stdin.flush()
+        reply = read_event("times")
+        for key in ("loss0", "mlm_loss0"):
+            if key in reply:
+                info[key] = reply[key]
+        return reply["times"], reply["loss"]
+
+    def close():
+        if proc.poll() is None:
+            try:
+                proc.stdin.write("quit\n")
+                proc.stdin.close()
+                proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+        stderr.close()
+
+    try:
+        info = read_event("ready")
+    except Exception:
+        close()
+        raise
+    info.pop("event", None)
+    return Runner(framework, info, run, close)
+
+
+def ensure_flax_venv(path: str, create: bool = True) -> tuple[str | None, str]:
+    """(python of a venv that imports FlaxBertForPreTraining, '') or (None, why not). Made once: transformers<5
+    with jax/flax/optax pinned to ours; a dir left half-made by an interrupted run is rebuilt (default path)."""
+    import flax
+    import jax
+    import optax
+
+    python = os.path.join(path, "bin", "python")
+    check = [python, "-c", "import jax, optax, flax; from transformers import FlaxBertForPreTraining"]
+
+    def works() -> str:
+        if not os.path.exists(python):
+            return f"{python} does not exist"
+        r = subprocess.run(check, capture_output=True, text=True, timeout=300)
+        return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["import failed"])[-1]
+
+    problem = works()
+    if not problem:
+        return python, ""
+    if not create or (os.path.exists(path) and os.path.abspath(path) != os.path.abspath(DEFAULT_PEER_VENV)):
+        return None, f"peer venv {path}: {problem}"
+    shutil.rmtree(path, ignore_errors=True)
+    print(f"creating the Flax peer venv at {path} (transformers<5, jax {jax.__version__}) ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", path], check=True, capture_output=True, timeout=300)
+        r = subprocess.run([python, "-m", "pip", "install", "-q", "transformers>=4.46,<5",
+                            f"jax=={jax.__version__}", f"flax=={flax.__version__}", f"optax=={optax.__version__}"],
+                           capture_output=True, text=True, timeout=1800)
+    except (subprocess.SubprocessError, OSError) as e:
+        return None, f"could not create the Flax peer venv at {path}: {e}"
+    if r.returncode != 0:
+        lines = [s for s in r.stderr.splitlines() if s.startswith("ERROR")] or r.stderr.splitlines() or ["?"]
+        return None, f"pip could not install the Flax peer into {path}: {lines[-1][:300]}"
+    problem = works()
+    return (python, "") if not problem else (None, f"Flax peer venv {path} still fails: {problem}")
+
+
+def matmul_peak_gflops(sizes: tuple[int, ...], repeats: int) -> dict:
+    """Best fp32 jnp.dot rate over `repeats` runs for each size; the max over sizes is the MFU peak."""
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    for n in sizes:
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+        dot = jax.jit(jnp.dot)
+        dot(a, b).block_until_ready()
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            dot(a, b).block_until_ready()
+            best = min(best, time.perf_counter() - start)
+        out[str(n)] = 2.0 * n ** 3 / best / 1e9
+    return out
+
+
+def time_shape(shape: Shape, args, peak_gflops: float, peer_python: dict, log_dir: str) -> list[dict]:
+    """Set up every framework, warm it up, then time `steps` steps each in alternating blocks."""
+    from bert_jax.train.flops import train_flops_per_step
+
+    inputs = make_inputs(shape, args.seed)
+    inputs_path = os.path.join(log_dir, f"inputs-{shape.name}.npz")
+    np.savez(inputs_path, **inputs)
+    model_flops = train_flops_per_step(model_config(shape, {}), shape.batch, shape.seq, shape.max_predictions)
+    executed_peer = train_flops_per_step(model_config(shape, {}), shape.batch, shape.seq, shape.seq)
+    rows, runners = [], []
+    starters = [("bert_jax", lambda o=o: start_bert_jax(shape, o, args.seed, inputs)) for o in [{}] + args.variants]
+    for peer in args.peers:
+        starters.append((peer, lambda peer=peer: start_peer(peer, peer_python[peer], shape, args.seed, inputs_path,
+                                                            args.threads, log_dir)))
+    for framework, start in starters:
+        if framework in peer_python and peer_python[framework] is None:
+            rows.append({"shape": shape.name, "framework": framework, "status": "unavailable",
+                         "reason": args.peer_reasons[framework]})
+            continue
+        try:
+            print(f"[{shape.name}] setting up {framework} ...", flush=True)
+            runner = start()
+            first_times, _ = runner.run(1)
+            runner.info["first_step_s"] = first_times[0]
+            if args.warmup > 1:
+                runner.run(args.warmup - 1)
+            runners.append((runner, []))
+        except Exception as e:  # a peer that cannot run is a row saying why, never a crash of the harness
+            rows.append({"shape": shape.name, "framework": framework, "status": "unavailable",
+                         "reason": f"{type(e).__name__}: {e}"[:400]})
+    per_block = [args.steps // args.blocks + (i < args.steps % args.blocks) for i in range(args.blocks)]
+    block_medians = {r.framework: [] for r, _ in runners}
+    last_loss = {}
+    for block, n in enumerate(per_block):
+        for runner, times in runners:
+            got, loss = runner.run(n)
+            times.extend(got)
+            block_medians[runner.framework].append(float(np.median(got)))
+            last_loss[runner.framework] = loss
+            print(f"[{shape.name}] block {block + 1}/{args.blocks} {runner.framework}: "
+                  f"median {np.median(got):.3f}s/step", flush=True)
+    for runner, times in runners:
+        runner.close()
+        median = float(np.median(times))
+        is_peer = runner.framework in ("torch", "flax")
+        rows.append({"shape": shape.name, "framework": runner.framework, "status": "ok",
+                     "tokens_per_step": shape.tokens, "tokens_per_s": shape.tokens / median,
+                     "step_time_s_median": median, "step_times_s": times,
+                     "block_medians_s": block_medians[runner.framework],
+                     "model_flops_per_step": model_flops,
+                     "executed_flops_per_step": executed_peer if is_peer else model_flops,
+                     "mfu": model_flops / median / (peak_gflops * 1e9),
+                     "loss_last": last_loss[runner.framework], **runner.info})
+    base = next((r for r in rows if r["framework"] == "bert_jax" and r["status"] == "ok"), None)
+    for row in rows:
+        if base is not None and row["status"] == "ok" and row is not base:
+            row["bert_jax_speedup"] = base["tokens_per_s"] / row["tokens_per_s"]
+    return rows
+
+
+def memory_sweep(seq: int, batch: int) -> list[dict]:
+    """Compile (never run) the base shape at `seq` for each remat policy; XLA's peak temporary memory."""
+    from bert_jax.model.config import REMAT_POLICIES
+
+    shape = dataclasses.replace(SHAPES["base"], name=f"base-seq{seq}", seq=seq, batch=batch)
+    batch_np = {k: v for k, v in make_inputs(shape, 0).items() if k != "mlm_labels"}
+    rows = []
+    for scan in (False, True):
+        for policy in REMAT_POLICIES:
+            overrides = {"remat_policy": policy, "scan_layers": scan}
+            print(f"[memory] compiling {shape.name} {overrides} ...", flush=True)
+            _, _, _, info = compile_bert_jax(shape, overrides, 0, batch_np, materialise=False)
+            rows.append({"shape": shape.name, "batch": batch, "seq": seq, "remat_policy": policy,
+                         "scan_layers": scan, **info})
+    return rows
+
+
+def environment() -> dict:
+    import flax
+    import jax
+    import optax
+    versions = {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+                "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import torch
+        import transformers
+        versions.update(torch=torch.__version__, transformers=transformers.__version__)
+    except ImportError:
+        pass
+    device = jax.devices()[0]
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+            "device": f"{device.platform}: {device.device_kind}", "processor": platform.processor() or
+            platform.machine(), "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
+            "versions": versions}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'shape':<6} {'framework':<40} {'tok/s':>8} {'step s':>7} {'MFU':>6} {'x(ours)':>7} "
+          f"{'compile s':>9} {'temp MiB':>8} {'loss0':>7}")
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['shape']:<6} {r['framework']:<40} unavailable: {r['reason']}")
+            continue
+        temp = (r.get("memory") or {}).get("temp_size_in_bytes")
+        print(f"{r['shape']:<6} {r['framework']:<40} {r['tokens_per_s']:>8.0f} {r['step_time_s_median']:>7.3f} "
+              f"{r['mfu']:>6.1%} {r.get('bert_jax_speedup', 1.0):>7.2f} "
+              f"{r.get('compile_s', float('nan')):>9.2f} {temp / 2**20 if temp else float('nan'):>8.1f} "
+              f"{r.get('loss0', float('nan')):>7.3f}")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="mini,base", help=f"comma-separated, from {sorted(SHAPES)}")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per framework (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first includes compilation)")
+    p.add_argument("--blocks", type=int, default=2, help="timed steps are split into this many alternating blocks")
+    p.add_argument("--peers", default="torch,flax", help="comma-separated from torch,flax; '' for none")
+    p.add_argument("--peer-venv", default=DEFAULT_PEER_VENV, help="virtualenv for the Flax peer (made if missing)")
+    p.add_argument("--variant", dest="variants", action="append", default=[],
+                   help="extra bert_jax row with ModelConfig overrides, e.g. scan_layers=True,remat_policy=dots")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--matmul-sizes", default="2048,4096")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_step*.json)")
+    p.add_argument("--quick", action="store_true", help="tiny shape, 3 steps, torch peer only")
+    p.add_argument("--memory-sweep", action="store_true", help="compile-only remat policy sweep, nothing timed")
+    p.add_argument("--sweep-seq", type=int, default=512)
+    p.add_argument("--sweep-batch", type=int, default=8)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.shapes, args.steps, args.warmup, args.blocks, args.peers = "tiny", 3, 1, 1, "torch"
+        args.matmul_sizes = "1024"
+    args.shapes = [s for s in args.shapes.split(",") if s]
+    args.peers = [s for s in args.peers.split(",") if s]
+    bad = [s for s in args.shapes if s not in SHAPES]
+    if bad:
+        raise BenchmarkError(f"--shapes {','.join(bad)} unknown; choose from {','.join(SHAPES)}")
+    bad = [s for s in args.peers if s not in ("torch", "flax")]
+    if bad:
+        raise BenchmarkError(f"--peers {','.join(bad)} unknown; choose from torch,flax")
+    if args.steps < 1 or args.blocks < 1 or args.warmup < 1 or args.blocks > args.steps:
+        raise BenchmarkError("--steps, --blocks and --warmup must be >= 1, with --blocks <= --steps")
+    args.variants = [_parse_overrides(v) for v in args.variants]
+    args.matmul_sizes = tuple(int(s) for s in args.matmul_sizes.split(","))
+    return args
+
+
+def _parse_overrides(text: str) -> dict:
+    out = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise BenchmarkError(f"--variant {text!r}: write KEY=VALUE[,KEY=VALUE] (ModelConfig fields)")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)  # never a half-written results file
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except BenchmarkError as e:
+        print(f"train_step.py: {e}", file=sys.stderr)
+        return 2
+    env = environment()
+    if args.memory_sweep:
+        rows = memory_sweep(args.sweep_seq, args.sweep_batch)
+        env["loadavg_end"] = list(os.getloadavg())
+        out = args.out or os.path.join(RESULTS_DIR, "train_step_memory.json")
+        write_json(out, {"benchmark": "train_step_memory_sweep", **env, "rows": rows})
+        print(f"\n{'scan':<5} {'remat':<14} {'temp MiB':>9} {'args MiB':>9} {'compile s':>9}")
+        for r in rows:
+            m = r["memory"] or {}
+            print(f"{str(r['scan_layers']):<5} {r['remat_policy']:<14} {m.get('temp_size_in_bytes', 0) / 2**20:>9.1f} "
+                  f"{m.get('argument_size_in_bytes', 0) / 2**20:>9.1f} {r['compile_s']:>9.1f}")
+        print(f"wrote {out}")
+        return 0
+    peer_python = {"torch": sys.executable} if "torch" in args.peers else {}
+    args.peer_reasons = {}
+    if "flax" in args.peers:
+        peer_python["flax"], args.peer_reasons["flax"] = ensure_flax_venv(args.peer_venv)
+    peak = matmul_peak_gflops(args.matmul_sizes, repeats=3 if args.quick else 5)
+    peak_gflops = max(peak.values())
+    print(f"matmul peak (fp32 jnp.dot, best of runs): {peak} GFLOP/s", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bert_jax_bench_") as log_dir:
+        for name in args.shapes:
+            rows.extend(time_shape(SHAPES[name], args, peak_gflops, peer_python, log_dir))
+    env["loadavg_end"] = list(os.getloadavg())
+    payload = {"benchmark": "train_step", **env, "matmul_peak_gflops": peak, "peak_gflops_used": peak_gflops,
+               "settings": {"steps": args.steps, "warmup": args.warmup, "blocks": args.blocks, "seed": args.seed,
+                            "threads": args.threads, "dtype": "float32", "objectives": "mlm+nsp",
+                            "optimizer": dict(name="adamw", clip=None, schedule="constant", **OPTIMIZER),
+                            "dropout": 0.1, "tokens": TOKENS_DEFINITION,
+                            "model_flops": "bert_jax.train.flops.train_flops_per_step: 3 x forward matmul FLOPs "
+                                           "(2 per MAC: qkv/out/ffn per token per layer + 4*seq*hidden attention "
+                                           "+ MLM head at max_predictions positions + pooler); peers' executed "
+                                           "count puts the MLM head at every position",
+                            "shapes": {n: dict(dataclasses.asdict(SHAPES[n]), max_predictions=SHAPES[n].max_predictions,
+                                               masked_per_row=SHAPES[n].masked_per_row, pad_per_row=SHAPES[n].pad)
+                                       for n in args.shapes}},
+               "rows": rows}
+    out = args.out or os.path.join(RESULTS_DIR, "train_step_quick.json" if args.quick else "train_step.json")
+    write_json(out, payload)
+    print_table(rows)
+    print(f"load average start {env['loadavg_start']} end {env['loadavg_end']}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Smoke test of benchmarks/train_step.py: the --quick run (tiny shape, torch peer) and the shared inputs."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "train_step.py")
+
+
+def _load_harness():
+    spec = importlib.util.spec_from_file_location("train_step_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_inputs_follow_the_spec():
+    bench = _load_harness()
+    shape = bench.SHAPES["mini"]
+    a, b = bench.make_inputs(shape, 0), bench.make_inputs(shape, 0)
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # seeded: every framework sees the same batch
+    real = shape.seq - shape.pad
+    assert shape.pad == 13 and shape.max_predictions == 19 and shape.masked_per_row == 17
+    assert (a["input_mask"].sum(1) == real).all() and (a["input_ids"][:, real:] == bench.PAD).all()
+    assert a["masked_positions"].shape == (shape.batch, 19) and (a["masked_weights"].sum(1) == 17).all()
+    used = a["masked_positions"][:, :17]
+    assert (used >= 1).all() and (used < real).all()
+    assert all(len(set(row)) == 17 for row in used)  # distinct positions per row
+    rows = np.arange(shape.batch)[:, None]
+    assert (a["input_ids"][rows, used] == bench.MASK).all()
+    # The peers' per-position labels carry exactly the masked ids, -100 elsewhere.
+    assert ((a["mlm_labels"] != -100).sum(1) == 17).all()
+    assert np.array_equal(a["mlm_labels"][rows, used], a["masked_ids"][:, :17])
+    assert set(np.unique(a["sentence_label"])) <= {0, 1}
+
+
+def test_quick_run_writes_the_schema_and_sane_losses(tmp_path):
+    out = tmp_path / "quick.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one plain CPU device, as a user runs it
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--out", str(out)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for key in ("date", "device", "cpu_count", "versions", "loadavg_start", "loadavg_end", "matmul_peak_gflops",
+                "peak_gflops_used", "settings", "rows"):
+        assert key in result, key
+    assert result["versions"]["jax"] and result["peak_gflops_used"] > 0
+    rows = {r["framework"]: r for r in result["rows"]}
+    assert set(rows) == {"bert_jax", "torch"}
+    vocab = result["settings"]["shapes"]["tiny"]["vocab"]
+    for name, row in rows.items():
+        assert row["status"] == "ok", row
+        assert len(row["step_times_s"]) == 3 and row["step_time_s_median"] > 0
+        assert row["tokens_per_s"] == pytest.approx(row["tokens_per_step"] / row["step_time_s_median"])
+        assert 0 < row["mfu"] < 1
+        # Random init: MLM loss at step 0 is about ln(vocab); NSP adds about ln(2).
+        assert math.isfinite(row["loss0"]) and math.isfinite(row["loss_last"])
+        assert row["mlm_loss0"] == pytest.approx(math.log(vocab), abs=0.25), name
+        assert row["loss0"] == pytest.approx(math.log(vocab) + math.log(2), abs=0.35), name
+    ours = rows["bert_jax"]
+    assert ours["compile_s"] > 0 and ours["memory"]["temp_size_in_bytes"] > 0
+    assert ours["memory"]["argument_size_in_bytes"] > 0
+    assert rows["torch"]["bert_jax_speedup"] == pytest.approx(
+        ours["tokens_per_s"] / rows["torch"]["tokens_per_s"])
+    # One model-FLOPs count for both; the peer's executed count has the vocab projection at every position.
+    assert rows["torch"]["model_flops_per_step"] == ours["model_flops_per_step"]
+    assert rows["torch"]["executed_flops_per_step"] > ours["model_flops_per_step"]
+
+
+def test_bad_arguments_are_one_line_errors():
+    bench = _load_harness()
+    assert bench.main(["--shapes", "huge"]) == 2
+    assert bench.main(["--peers", "tensorflow"]) == 2
+    assert bench.main(["--variant", "scan_layers"]) == 2
