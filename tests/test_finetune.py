@@ -18,9 +18,14 @@ POSITIVE = ["good", "great", "fine", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
 FILLER = ["the", "a", "film", "movie", "was", "is", "plot", "actor", "story", "very", "quite", "and", "it", "this",
           "of", "scene", "music", "end", "start", "long"]
+PEOPLE = ["alice", "bob", "carol", "dave"]
+PLACES = ["paris", "rome", "york", "oslo"]
+COLORS = ["red", "blue", "green", "yellow"]
+QUESTION = ["what", "color", "?", "new", ",", "."]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-CFG = preset("tiny", vocab_size=len(SPECIAL) + len(POSITIVE + NEGATIVE + FILLER), hidden_size=32, num_layers=1,
-             num_heads=2, intermediate_size=64, max_position_embeddings=64)
+WORDS = SPECIAL + POSITIVE + NEGATIVE + FILLER + PEOPLE + PLACES + COLORS + QUESTION
+CFG = preset("tiny", vocab_size=len(WORDS), hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+             max_position_embeddings=64)
 
 
 def sentiment_rows(n, seed):
@@ -50,7 +55,7 @@ def write_hf_init(directory, cfg=CFG, seed=0):
 
     params = unbox(BertForPreTraining(cfg).init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32)))["params"]
     save_hf_checkpoint(directory, cfg, params)
-    save_vocab(directory, SPECIAL + POSITIVE + NEGATIVE + FILLER, lowercase=True)
+    save_vocab(directory, WORDS, lowercase=True)
     return directory, params
 
 
@@ -170,3 +175,92 @@ def test_paper_variants_learn(variant, hf_init, sst2, tmp_path):
         summary = json.load(f)
     assert summary["protocol"]["variant"] == variant
     assert summary["best"]["median"] > 0.7, summary["best"]
+
+
+# ----------------------------------------------------------------------------------------- NER and SQuAD
+
+
+def write_conll(directory, n_train=300, n_dev=80):
+    """Sentences of fillers with people (B-PER), places (B-LOC) and 'new york' (B-LOC I-LOC), in CoNLL-2003's
+    four columns with -DOCSTART- lines and IOB1 tags (an entity starts with I-), as the original files."""
+    os.makedirs(directory, exist_ok=True)
+    for name, n, seed in (("train.txt", n_train, 0), ("valid.txt", n_dev, 1)):
+        rng = np.random.default_rng(seed)
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for _ in range(n):
+            for _ in range(int(rng.integers(3, 9))):
+                r = rng.random()
+                if r < 0.15:
+                    lines.append(f"{rng.choice(PEOPLE)} NNP B-NP I-PER")
+                elif r < 0.25:
+                    lines.append(f"{rng.choice(PLACES[:3])} NNP B-NP I-LOC")
+                elif r < 0.3:
+                    lines += ["new NNP B-NP I-LOC", "york NNP I-NP I-LOC"]
+                else:
+                    lines.append(f"{rng.choice(FILLER)} NN B-NP O")
+            lines.append("")
+        with open(os.path.join(directory, name), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return directory
+
+
+def write_squad(directory, n_train=240, n_dev=60):
+    """'what color ?' over a context of fillers holding one colour word: the answer."""
+    os.makedirs(directory, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("dev", n_dev, 1)):
+        rng = np.random.default_rng(seed)
+        paragraphs = []
+        for i in range(n):
+            words = list(rng.choice(FILLER, int(rng.integers(6, 30))))
+            at = int(rng.integers(len(words) + 1))
+            color = str(rng.choice(COLORS))
+            context = " ".join(words[:at] + [color] + words[at:]) + " ."
+            start = len(" ".join(words[:at])) + (1 if at else 0)
+            assert context[start:start + len(color)] == color
+            paragraphs.append({"context": context, "qas": [{"id": f"{split}{i}", "question": "what color ?",
+                                                           "answers": [{"text": color, "answer_start": start}]}]})
+        with open(os.path.join(directory, f"{split}-v1.1.json"), "w") as f:
+            json.dump({"version": "1.1", "data": [{"title": "colors", "paragraphs": paragraphs}]}, f)
+    return directory
+
+
+@pytest.mark.parametrize("task,writer,minimum", [("conll2003", write_conll, 0.8), ("squad/v1.1", write_squad, 70.0)])
+def test_ner_and_squad_learn(task, writer, minimum, hf_init, tmp_path):
+    data = writer(str(tmp_path / "data"))
+    workdir = str(tmp_path / "ft")
+    assert finetune_main.main(args(task, data, hf_init[0], workdir, "--learning_rates", "3e-3", "--seeds", "1",
+                                   "--epochs", "4", "--batch_size", "16", "--max_seq_len", "48",
+                                   "--max_query_len", "8", "--doc_stride", "16")) == 0
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        summary = json.load(f)
+    assert summary["metric"] == "f1" and summary["best"]["median"] > minimum, summary["best"]
+    dev = summary["settings"][0]["dev"]
+    assert {"precision", "recall"} <= set(dev) if task == "conll2003" else {"exact_match", "f1"} <= set(dev)
+
+
+def test_finetune_from_an_ltr_pretraining_workdir(tmp_path):
+    """A causal (LTR) pretraining run: fine-tuning keeps the causal mask and pools the last real token;
+    `workdir@STEP` picks a checkpoint, and the vocab comes from the run's data manifest."""
+    from tests._pretrain_helpers import CONFIG, DATA, TINY
+    from bert_jax import configlib
+    from bert_jax.data.builtin_corpus import prepare_builtin_dataset
+    from bert_jax.train import pretrain
+
+    data = prepare_builtin_dataset(str(tmp_path / "corpus"), **{**DATA, "mode": "single"}, log=lambda m: None)
+    overrides = [f"--config.{k}={v}" for k, v in {**TINY, "data.path": data, "data.eval_path": "",
+                                                  "objectives": "ltr", "train.steps": 4,
+                                                  "train.checkpoint_every": 2}.items()]
+    pretrain.run(configlib.load_config(CONFIG, overrides), str(tmp_path / "pt"))
+    init = load_init(str(tmp_path / "pt") + "@2")
+    assert init.kind == "workdir" and init.step == 2 and init.config.causal and init.vocab_path
+    assert load_init(str(tmp_path / "pt")).step == 4
+    with pytest.raises(InitError, match="step"):
+        load_init(str(tmp_path / "pt") + "@3")
+    sst2 = write_sst2(str(tmp_path / "sst2"), n_train=64, n_dev=32)
+    workdir = str(tmp_path / "ft")
+    assert finetune_main.main(args("glue/sst2", sst2, str(tmp_path / "pt"), workdir, "--learning_rates", "1e-3",
+                                   "--seeds", "1", "--epochs", "1", "--batch_size", "16", "--max_seq_len", "32")) == 0
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        summary = json.load(f)
+    assert summary["protocol"]["pool"] == "last token" and summary["init_kind"] == "workdir"
+    assert summary["init_step"] == 4

@@ -44,7 +44,8 @@ def model_and_params(head, cfg=CFG, seed=0):
 
 
 def run(model, params, batch, **kwargs):
-    return jax.jit(lambda p, b: model.apply({"params": p}, b, **kwargs))(params, batch)
+    # Eager: one-off applies of many small models are cheaper op by op than compiling each whole model.
+    return model.apply({"params": params}, batch, **kwargs)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -57,9 +58,9 @@ def test_output_shapes_and_dtypes(kind, variant):
             "tagging": {"logits": (3, 10, 5)}, "span": {"start_logits": (3, 10), "end_logits": (3, 10)}}[kind]
     assert {k: v.shape for k, v in out.items()} == want
     assert all(v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v))) for v in out.values())
-    # dropout runs with an rng and changes the output in training mode
-    train = jax.jit(lambda p, b, k: model.apply({"params": p}, b, deterministic=False, rngs={"dropout": k}))
-    assert {k: v.shape for k, v in train(params, batch, jax.random.key(3)).items()} == want
+    if variant != "standard" and kind == "classification":  # training mode with dropout through the BiLSTM
+        train = run(model, params, batch, deterministic=False, rngs={"dropout": jax.random.key(3)})
+        assert {k: v.shape for k, v in train.items()} == want
     expected_top = {"standard": {"encoder", "classifier"} | ({"pooler"} if kind in ("classification", "regression")
                                                             else set()),
                     "bilstm": {"encoder", "bilstm", "classifier"},
@@ -106,15 +107,17 @@ def test_feature_choices_are_what_they_claim(norm):
     cfg = CFG4.replace(norm=norm)
     batch = make_batch()
     enc_params = None
-    for features in FEATURES:
-        model, params = model_and_params(HeadConfig("tagging", variant="features", features=features), cfg)
+    for features in FEATURES if norm == "post" else ("last", "second_to_last"):
+        # one LSTM layer: the features are what is tested here, and every LSTM layer costs compile time
+        head = HeadConfig("tagging", variant="features", features=features, lstm_layers=1)
+        model, params = model_and_params(head, cfg)
         if enc_params is None:
             enc_params = params["encoder"]
             enc = Encoder(cfg).apply({"params": enc_params}, batch["input_ids"], batch["token_type_ids"],
                                      batch["input_mask"], output_hidden_states=True)
             layers = enc.hidden_states[:-1] + (enc.sequence,)
         params = {**params, "encoder": enc_params}
-        _, state = jax.jit(lambda p, b: model.apply({"params": p}, b, mutable=["intermediates"]))(params, batch)
+        _, state = run(model, params, batch, mutable=["intermediates"])
         got = np.asarray(state["intermediates"]["features"][0])
         want = {"embeddings": layers[0], "second_to_last": layers[-2], "last": enc.sequence,
                 "sum_last_four": sum(layers[-4:]) / 4, "concat_last_four": jnp.concatenate(layers[-4:], -1),
@@ -138,7 +141,7 @@ def test_features_from_a_scanned_pretrained_model():
     ids = jnp.asarray(make_batch()["input_ids"])
     pretrained = unbox(BertForPreTraining(scanned).init(jax.random.key(1), ids))["params"]
     assert "layers" in pretrained["encoder"]
-    model, fresh = model_and_params(HeadConfig("tagging", variant="features"), scanned)
+    model, fresh = model_and_params(HeadConfig("tagging", variant="features", lstm_layers=1), scanned)
     assert "layer_0" in fresh["encoder"]  # the features model always unrolls the stack
     params, _ = merge_pretrained(fresh, pretrained)
     batch = make_batch()
@@ -180,6 +183,8 @@ def test_all_padding_row_stays_finite():
 def test_left_to_right_model_pools_the_last_real_token():
     cfg = CFG.replace(causal=True)
     model, params = model_and_params(HeadConfig("classification", num_labels=3), cfg)
+    # a larger classifier than initialised, so that small changes of the pooled vector show in the logits
+    params["classifier"]["dense"]["kernel"] = params["classifier"]["dense"]["kernel"] * 100
     batch = make_batch(lengths=(10, 7, 3))
     logits = np.asarray(run(model, params, batch)["logits"])
     # the same thing by hand: encoder, pooler at length - 1, classifier
@@ -187,14 +192,14 @@ def test_left_to_right_model_pools_the_last_real_token():
                              batch["input_mask"]).sequence
     pooled = Pooler(cfg).apply({"params": params["pooler"]}, seq, jnp.asarray([9, 6, 2]))
     manual = Classifier(cfg, 3).apply({"params": params["classifier"]}, pooled)
-    np.testing.assert_allclose(logits, np.asarray(manual), atol=1e-5)
+    np.testing.assert_allclose(logits, np.asarray(manual), atol=1e-4)
     # anything after the last real token (padding) changes nothing
     noisy = {**batch, "input_ids": np.where(batch["input_mask"] > 0, batch["input_ids"], 17).astype(np.int32)}
     np.testing.assert_allclose(np.asarray(run(model, params, noisy)["logits"]), logits, atol=1e-6)
     # a real token before the pooled one does change the logits
     earlier = {**batch, "input_ids": batch["input_ids"].copy()}
     earlier["input_ids"][:, 1] = (earlier["input_ids"][:, 1] + 7) % VOCAB
-    assert np.abs(np.asarray(run(model, params, earlier)["logits"]) - logits).max() > 1e-4
+    assert np.abs(np.asarray(run(model, params, earlier)["logits"]) - logits).max() > 1e-3
     # the causal mask is on: pooled at [CLS], nothing after it can be seen
     cls_model = FineTuneModel(cfg, HeadConfig("classification", num_labels=3, pool="cls"))
     np.testing.assert_allclose(np.asarray(run(cls_model, params, earlier)["logits"]),
@@ -202,8 +207,8 @@ def test_left_to_right_model_pools_the_last_real_token():
 
 
 def test_feature_based_encoder_is_frozen():
-    head = HeadConfig("tagging", num_labels=3, variant="features", features="sum_last_four")
-    model, params = model_and_params(head, CFG4)
+    head = HeadConfig("tagging", num_labels=3, variant="features", features="sum_all")
+    model, params = model_and_params(head, CFG)
     batch = make_batch()
     batch["tag_ids"] = np.random.default_rng(1).integers(0, 3, size=batch["input_ids"].shape).astype(np.int32)
     batch["tag_weights"] = batch["input_mask"].astype(np.float32)
@@ -305,7 +310,7 @@ def test_merge_pretrained_rejects_a_mismatch():
     ids = jnp.asarray(make_batch()["input_ids"])
     _, fresh = model_and_params(HeadConfig("classification"))
     wider = unbox(BertForPreTraining(CFG.replace(intermediate_size=48)).init(jax.random.key(0), ids))["params"]
-    with pytest.raises(PretrainedMismatchError, match=r"encoder/layer_0/.*shape \(32, 48\)"):
+    with pytest.raises(PretrainedMismatchError, match=r"encoder/layer_0/mlp/.*shape \(48,\), the model wants \(64,\)"):
         merge_pretrained(fresh, wider)
     deeper = unbox(BertForPreTraining(CFG.replace(num_layers=3)).init(jax.random.key(0), ids))["params"]
     with pytest.raises(PretrainedMismatchError, match="encoder/layer_2/.* is unexpected"):

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from bert_jax.finetune.batching import iterate_batches, model_inputs, num_batches
-from bert_jax.finetune.model import FineTuneModel, merge_pretrained, task_loss, trainable_mask
+from bert_jax.finetune.model import FineTuneModel, masked_optimizer, merge_pretrained, task_loss
 from bert_jax.train.optimizer import weight_decay_mask
 
 
@@ -36,18 +36,16 @@ class Setting:
         return f"lr{self.learning_rate:g}_seed{self.seed}"
 
 
-def make_optimizer(setting: Setting, total_steps: int, params) -> optax.GradientTransformation:
-    warmup = int(round(setting.warmup_fraction * total_steps))
+def make_optimizer(setting: Setting, total_steps: int, params, head) -> optax.GradientTransformation:
+    warmup = max(int(round(setting.warmup_fraction * total_steps)), 1)
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, setting.learning_rate, max(warmup, 1)),
-         optax.linear_schedule(setting.learning_rate, 0.0, max(total_steps - warmup, 1))], [max(warmup, 1)])
+        [optax.linear_schedule(0.0, setting.learning_rate, warmup),
+         optax.linear_schedule(setting.learning_rate, 0.0, max(total_steps - warmup, 1))], [warmup])
     core = optax.chain(
         optax.clip_by_global_norm(setting.grad_clip_norm) if setting.grad_clip_norm > 0 else optax.identity(),
         optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=setting.weight_decay,
                     mask=weight_decay_mask(params)))
-    # A frozen encoder (feature-based) gets no update and no optimiser state.
-    labels = jax.tree.map(lambda trainable: "train" if trainable else "frozen", trainable_mask(params))
-    return optax.multi_transform({"train": core, "frozen": optax.set_to_zero()}, labels)
+    return masked_optimizer(core, params, head)  # a frozen encoder (feature-based) gets no update and no state
 
 
 def _step_fns(model: FineTuneModel, optimizer):
@@ -106,7 +104,7 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
     params, report = merge_pretrained(fresh["params"], pretrained)
     steps_per_epoch = num_batches(train, setting.batch_size, widths)
     total = steps_per_epoch * setting.epochs
-    optimizer = make_optimizer(setting, total, params)
+    optimizer = make_optimizer(setting, total, params, model.head)
     opt_state = optimizer.init(params)
     train_step, eval_step = _step_fns(model, optimizer)
     bar = None
@@ -141,7 +139,7 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
     if bar is not None:
         bar.close()
     return {"setting": dataclasses.asdict(setting), "epochs": history,
-            "final": {split: history[-1][split] for split in evals}, "loaded": report,
+            "final": {split: history[-1][split] for split in evals}, "loaded": dataclasses.asdict(report),
             "seconds": time.perf_counter() - start, "steps": total, "params": params,
             "eval_step": eval_step}
 
