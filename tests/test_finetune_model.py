@@ -207,7 +207,7 @@ def test_left_to_right_model_pools_the_last_real_token():
 
 
 def test_feature_based_encoder_is_frozen():
-    head = HeadConfig("tagging", num_labels=3, variant="features", features="sum_all")
+    head = HeadConfig("tagging", num_labels=3, variant="features", features="sum_all", lstm_layers=1)
     model, params = model_and_params(head, CFG)
     batch = make_batch()
     batch["tag_ids"] = np.random.default_rng(1).integers(0, 3, size=batch["input_ids"].shape).astype(np.int32)

@@ -158,7 +158,7 @@ class ScalarMix(nn.Module):
 
     @nn.compact
     def __call__(self, layers):
-        weights = self.param("weights", nn.initializers.zeros_init(), (len(layers),), jnp.float32)
+        weights = self.param("mix_weights", nn.initializers.zeros_init(), (len(layers),), jnp.float32)
         scale = self.param("scale", nn.initializers.ones_init(), (), jnp.float32)
         stacked = jnp.stack([h.astype(jnp.float32) for h in layers])
         return scale * jnp.einsum("n,n...->...", jax.nn.softmax(weights), stacked)

@@ -8,7 +8,8 @@ google-research/bert's AdamWeightDecayOptimizer, PyTorch's AdamW and optax.adamw
 Weight-decay mask: decided by each parameter's *leaf name* (the last dict key of its path), never by its
 module path, so it holds for scanned layers (a leading layer axis changes shapes, not names):
     decayed:     `kernel` (Dense / attention projections), `embedding` (nn.Embed tables)
-    not decayed: `bias` (every bias), `scale` (LayerNorm / RMSNorm gains; their bias is a `bias` leaf)
+    not decayed: `bias` (every bias), `scale` (LayerNorm / RMSNorm gains; their bias is a `bias` leaf),
+                 `mix_weights` (the softmax logits of a learned layer mix, fine-tuning's feature-based head)
 This matches BERT's exclusion of "LayerNorm", "layer_norm" and "bias". Any other leaf name is an error
 (a silent default would decay or spare a new parameter without anyone deciding it).
 
@@ -34,7 +35,7 @@ import optax
 OPTIMIZER_NAMES = ("adamw", "bert_adam", "lamb")
 SCHEDULE_NAMES = ("linear", "polynomial", "cosine", "constant")
 DECAYED_LEAF_NAMES = ("kernel", "embedding")
-UNDECAYED_LEAF_NAMES = ("bias", "scale")
+UNDECAYED_LEAF_NAMES = ("bias", "scale", "mix_weights")  # mix_weights: softmax logits of a layer mix (ELMo), not decayed
 
 
 class OptimizerConfigError(ValueError):
