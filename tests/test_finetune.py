@@ -266,3 +266,29 @@ def test_finetune_from_an_ltr_pretraining_workdir(tmp_path):
         summary = json.load(f)
     assert summary["protocol"]["pool"] == "last token" and summary["init_kind"] == "workdir"
     assert summary["init_step"] == 4
+
+
+def test_mnli_reports_matched_and_mismatched(hf_init, tmp_path):
+    """GLUE's MNLI layout (many columns, gold_label last, two dev sets): one run evaluates both."""
+    labels = {"good": "entailment", "bad": "contradiction", "fine": "neutral"}
+    directory = tmp_path / "MNLI"
+    directory.mkdir()
+    header = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+              "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"]
+    for name, n, seed in (("train.tsv", 96, 0), ("dev_matched.tsv", 24, 1), ("dev_mismatched.tsv", 20, 2)):
+        rng = np.random.default_rng(seed)
+        with open(directory / name, "w") as f:
+            f.write("\t".join(header) + "\n")
+            for i in range(n):
+                word = str(rng.choice(list(labels)))
+                a, b = " ".join(rng.choice(FILLER, 5)), " ".join(list(rng.choice(FILLER, 3)) + [word])
+                f.write("\t".join([str(i), "0", "0", "fiction", "(", "(", "(", "(", a, b, labels[word],
+                                   labels[word]]) + "\n")
+    workdir = str(tmp_path / "ft")
+    assert finetune_main.main(args("glue/mnli", str(directory), hf_init[0], workdir, "--learning_rates", "3e-3",
+                                   "--seeds", "1", "--epochs", "1", "--batch_size", "16", "--max_seq_len", "32")) == 0
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        summary = json.load(f)
+    assert summary["protocol"]["eval_examples"] == {"dev": 24, "dev_mismatched": 20}
+    assert set(summary["settings"][0]) >= {"dev", "dev_mismatched"}
+    assert 0.0 <= summary["best"]["other_splits"]["dev_mismatched"]["median"] <= 1.0

@@ -69,12 +69,19 @@ def summarize(task, runs: list[dict], init_info: dict, protocol: dict) -> dict:
                      std=float(scores.std()), seeds=len(scores))
     best_lr = max(per_lr, key=lambda lr: per_lr[lr]["median"])
     best_run = max(runs, key=lambda r: r["final"]["dev"][task.metric])
+    other_splits = {}  # e.g. MNLI's dev_mismatched, at the learning rate the dev split chose
+    for split in (s for s in runs[0]["final"] if s != "dev"):
+        scores = np.asarray([r["final"][split][task.metric] for r in runs
+                             if f"{r['setting']['learning_rate']:g}" == best_lr])
+        other_splits[split] = {"median": float(np.median(scores)), "min": float(scores.min()),
+                               "max": float(scores.max()), "std": float(scores.std())}
     return {"task": task.name, "metric": task.metric, **init_info, "protocol": protocol,
             "best": {"learning_rate": float(best_lr), **{k: per_lr[best_lr][k] for k in
-                                                         ("median", "min", "max", "std", "seeds")}},
+                                                         ("median", "min", "max", "std", "seeds")},
+                     "other_splits": other_splits},
             "best_single_run": {"setting": best_run["setting"], "dev": best_run["final"]["dev"]},
             "per_learning_rate": per_lr,
-            "settings": [{"setting": r["setting"], "dev": r["final"]["dev"], "epochs": r["epochs"],
+            "settings": [{"setting": r["setting"], **r["final"], "epochs": r["epochs"],
                           "seconds": r["seconds"]} for r in runs]}
 
 
@@ -113,23 +120,25 @@ def run(args) -> dict:
         keep = np.sort(np.random.default_rng(0).choice(len(train_examples), args.max_train_examples, replace=False))
         train_examples = [train_examples[i] for i in keep]
     train = task.featurize(train_examples, tokenizer, max_len, True)
-    dev_examples = task.read(args.data_dir, "dev")
-    if args.max_eval_examples:
-        dev_examples = dev_examples[:args.max_eval_examples]
-    dev = task.featurize(dev_examples, tokenizer, max_len, False)
-    log(f"{task.name}: {len(train_examples)} train examples ({len(train['length'])} rows), "
-        f"{len(dev_examples)} dev examples ({len(dev['length'])} rows), max_seq_len {max_len}")
+    eval_examples, evals = {}, {}
+    for split in task.eval_splits:  # 'dev' selects settings; MNLI also reports dev_mismatched
+        examples = task.read(args.data_dir, split)
+        eval_examples[split] = examples[:args.max_eval_examples] if args.max_eval_examples else examples
+        evals[split] = task.featurize(eval_examples[split], tokenizer, max_len, False)
+    log(f"{task.name}: {len(train_examples)} train examples ({len(train['length'])} rows), " + ", ".join(
+        f"{len(eval_examples[s])} {s} examples ({len(evals[s]['length'])} rows)" for s in evals) +
+        f", max_seq_len {max_len}")
 
     head = HeadConfig(kind=task.kind, num_labels=task.num_labels, variant=args.variant, features=args.features,
                       dropout=args.dropout)
     model = FineTuneModel(init.config, head)
     widths = bucket_widths(max_len)
-    evaluate = lambda split, outputs: task.evaluate(dev_examples, dev, outputs)  # noqa: E731
+    evaluate = lambda split, outputs: task.evaluate(eval_examples[split], evals[split], outputs)  # noqa: E731
     protocol = {"learning_rates": args.learning_rates, "seeds": args.seeds, "epochs": args.epochs,
                 "batch_size": args.batch_size, "warmup_fraction": args.warmup_fraction, "max_seq_len": max_len,
                 "variant": args.variant, "features": args.features if args.variant == "features" else None,
                 "pool": "last token" if init.config.causal else "[CLS]", "train_examples": len(train_examples),
-                "dev_examples": len(dev_examples), "vocab": tokenizer.path, "bucket_widths": list(widths)}
+                "eval_examples": {k: len(v) for k, v in eval_examples.items()}, "vocab": tokenizer.path, "bucket_widths": list(widths)}
     runs = []
     for lr in args.learning_rates:
         for seed in range(args.seeds):
@@ -143,7 +152,7 @@ def run(args) -> dict:
                     log(f"{setting.name}: done before, skipped")
                     runs.append(done)
                     continue
-            result = run_setting(model, init.params, train, {"dev": dev}, evaluate, setting, widths,
+            result = run_setting(model, init.params, train, evals, evaluate, setting, widths,
                                  eval_each_epoch=args.eval_each_epoch, log=log, progress=args.progress)
             record = {k: result[k] for k in ("setting", "epochs", "final", "loaded", "seconds", "steps")}
             record.update(init_fingerprint=init.fingerprint, protocol=protocol)

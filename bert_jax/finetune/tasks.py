@@ -51,9 +51,15 @@ def _glue_task(short: str) -> Task:
         labels = np.asarray([e.label for e in examples], np.float32 if regression else np.int64)
         return glue_metrics(metric_task, predictions, labels)
 
+    def read(data_dir, split):
+        if split == "dev_mismatched":  # MNLI's second dev set, evaluated by the same run
+            return read_glue("mnli-mm", data_dir, "dev")
+        return read_glue(short, data_dir, split)
+
     return Task(name=f"glue/{short}", kind="regression" if regression else "classification",
-                num_labels=1 if regression else len(spec.labels), metric=spec.metrics[0], eval_splits=("dev",),
-                max_seq_len=128, read=lambda data_dir, split: read_glue(short, data_dir, split),
+                num_labels=1 if regression else len(spec.labels), metric=spec.metrics[0],
+                eval_splits=("dev", "dev_mismatched") if short == "mnli" else ("dev",),
+                max_seq_len=128, read=read,
                 featurize=lambda examples, tok, max_len, training: featurize_pairs(examples, tok, max_len),
                 evaluate=evaluate, options={"labels": spec.labels})
 
