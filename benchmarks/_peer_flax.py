@@ -2,7 +2,8 @@
 
     <flax-peer-venv>/bin/python benchmarks/_peer_flax.py INPUTS.npz SPEC_JSON
 
-Runs in its own virtualenv (transformers<5; v5 dropped Flax), so it imports nothing from bert_jax. Same line
+Runs in its own virtualenv (transformers<5; v5 dropped Flax), so it imports nothing from bert_jax;
+`ensure_venv` (used by the harness, stdlib only) makes that venv. Same line
 protocol as _peer_torch.py; the "ready" line also carries the compile time and XLA's memory analysis.
 The HF Flax model computes the vocab projection at every position; the loss then keeps masked positions
 (labels != -100) only, as transformers' run_mlm_flax example does, plus next-sentence cross-entropy.
@@ -11,12 +12,49 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import subprocess
 import sys
 import time
 
 
 def emit(**fields) -> None:
     print(json.dumps(fields), flush=True)
+
+
+def ensure_venv(path: str, default_path: str, pins: dict[str, str]) -> tuple[str | None, str]:
+    """For the harness: (python of a venv at `path` that imports FlaxBertForPreTraining, '') or (None, why not).
+    Made once with transformers<5 and `pins` (jax/flax/optax versions, ours); a venv at `default_path` left
+    half-made by an interrupted run is rebuilt, any other path is only created when it does not exist."""
+    python = os.path.join(path, "bin", "python")
+    check = [python, "-c", "import jax, optax, flax; from transformers import FlaxBertForPreTraining"]
+
+    def works() -> str:
+        if not os.path.exists(python):
+            return f"{python} does not exist"
+        r = subprocess.run(check, capture_output=True, text=True, timeout=300)
+        return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["import failed"])[-1]
+
+    problem = works()
+    if not problem:
+        return python, ""
+    if os.path.exists(path) and os.path.abspath(path) != os.path.abspath(default_path):
+        return None, f"peer venv {path}: {problem}"
+    shutil.rmtree(path, ignore_errors=True)
+    print(f"creating the Flax peer venv at {path} (transformers<5, {pins}) ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", path], check=True, capture_output=True, timeout=300)
+        r = subprocess.run([python, "-m", "pip", "install", "-q", "transformers>=4.46,<5",
+                            *(f"{name}=={version}" for name, version in pins.items())],
+                           capture_output=True, text=True, timeout=1800)
+    except (subprocess.SubprocessError, OSError) as e:
+        return None, f"could not create the Flax peer venv at {path}: {e}"
+    if r.returncode != 0:
+        lines = [s for s in r.stderr.splitlines() if s.startswith("ERROR")] or r.stderr.splitlines() or ["?"]
+        return None, f"pip could not install the Flax peer into {path}: {lines[-1][:300]}"
+    problem = works()
+    return (python, "") if not problem else (None, f"Flax peer venv {path} still fails: {problem}")
 
 
 def main(inputs_path: str, spec_json: str) -> int:

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -201,8 +200,11 @@ def start_bert_jax(shape: Shape, overrides: dict, seed: int, inputs: dict) -> Ru
                 info["mlm_loss0"] = float(host["sum/mlm_loss"]) / max(float(host["count/mlm_loss"]), 1.0)
         return times, float(metrics["loss"]) if metrics is not None else math.nan
 
-    name = "bert_jax" + ("[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else "")
-    return Runner(name, info, run, lambda: holder.clear())
+    return Runner(variant_name(overrides), info, run, lambda: holder.clear())
+
+
+def variant_name(overrides: dict) -> str:
+    return "bert_jax" + ("[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else "")
 
 
 def start_peer(framework: str, python: str, shape: Shape, seed: int, inputs_path: str, threads: int,
@@ -258,43 +260,6 @@ def start_peer(framework: str, python: str, shape: Shape, seed: int, inputs_path
     return Runner(framework, info, run, close)
 
 
-def ensure_flax_venv(path: str, create: bool = True) -> tuple[str | None, str]:
-    """(python of a venv that imports FlaxBertForPreTraining, '') or (None, why not). Made once: transformers<5
-    with jax/flax/optax pinned to ours; a dir left half-made by an interrupted run is rebuilt (default path)."""
-    import flax
-    import jax
-    import optax
-
-    python = os.path.join(path, "bin", "python")
-    check = [python, "-c", "import jax, optax, flax; from transformers import FlaxBertForPreTraining"]
-
-    def works() -> str:
-        if not os.path.exists(python):
-            return f"{python} does not exist"
-        r = subprocess.run(check, capture_output=True, text=True, timeout=300)
-        return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["import failed"])[-1]
-
-    problem = works()
-    if not problem:
-        return python, ""
-    if not create or (os.path.exists(path) and os.path.abspath(path) != os.path.abspath(DEFAULT_PEER_VENV)):
-        return None, f"peer venv {path}: {problem}"
-    shutil.rmtree(path, ignore_errors=True)
-    print(f"creating the Flax peer venv at {path} (transformers<5, jax {jax.__version__}) ...", flush=True)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", path], check=True, capture_output=True, timeout=300)
-        r = subprocess.run([python, "-m", "pip", "install", "-q", "transformers>=4.46,<5",
-                            f"jax=={jax.__version__}", f"flax=={flax.__version__}", f"optax=={optax.__version__}"],
-                           capture_output=True, text=True, timeout=1800)
-    except (subprocess.SubprocessError, OSError) as e:
-        return None, f"could not create the Flax peer venv at {path}: {e}"
-    if r.returncode != 0:
-        lines = [s for s in r.stderr.splitlines() if s.startswith("ERROR")] or r.stderr.splitlines() or ["?"]
-        return None, f"pip could not install the Flax peer into {path}: {lines[-1][:300]}"
-    problem = works()
-    return (python, "") if not problem else (None, f"Flax peer venv {path} still fails: {problem}")
-
-
 def matmul_peak_gflops(sizes: tuple[int, ...], repeats: int) -> dict:
     """Best fp32 jnp.dot rate over `repeats` runs for each size; the max over sizes is the MFU peak."""
     import jax
@@ -324,50 +289,55 @@ def time_shape(shape: Shape, args, peak_gflops: float, peer_python: dict, log_di
     np.savez(inputs_path, **inputs)
     model_flops = train_flops_per_step(model_config(shape, {}), shape.batch, shape.seq, shape.max_predictions)
     executed_peer = train_flops_per_step(model_config(shape, {}), shape.batch, shape.seq, shape.seq)
-    rows, runners = [], []
-    starters = [("bert_jax", lambda o=o: start_bert_jax(shape, o, args.seed, inputs)) for o in [{}] + args.variants]
+    starters = [(variant_name(o), lambda o=o: start_bert_jax(shape, o, args.seed, inputs))
+                for o in [{}] + args.variants]
     for peer in args.peers:
         starters.append((peer, lambda peer=peer: start_peer(peer, peer_python[peer], shape, args.seed, inputs_path,
                                                             args.threads, log_dir)))
-    for framework, start in starters:
-        if framework in peer_python and peer_python[framework] is None:
-            rows.append({"shape": shape.name, "framework": framework, "status": "unavailable",
-                         "reason": args.peer_reasons[framework]})
+    rows = {name: {"shape": shape.name, "framework": name, "status": "unavailable"} for name, _ in starters}
+    runners = {}  # name -> (runner, timed step seconds, per-block medians)
+
+    def fail(name: str, error: Exception) -> None:  # a framework that cannot run is a row saying why
+        rows[name]["reason"] = f"{type(error).__name__}: {error}"[:400]
+        if name in runners:
+            runners.pop(name)[0].close()
+
+    for name, start in starters:
+        if name in peer_python and peer_python[name] is None:
+            rows[name]["reason"] = args.peer_reasons[name]
             continue
         try:
-            print(f"[{shape.name}] setting up {framework} ...", flush=True)
-            runner = start()
-            first_times, _ = runner.run(1)
-            runner.info["first_step_s"] = first_times[0]
+            print(f"[{shape.name}] setting up {name} ...", flush=True)
+            runners[name] = (start(), [], [])
+            first_times, _ = runners[name][0].run(1)
+            runners[name][0].info["first_step_s"] = first_times[0]
             if args.warmup > 1:
-                runner.run(args.warmup - 1)
-            runners.append((runner, []))
-        except Exception as e:  # a peer that cannot run is a row saying why, never a crash of the harness
-            rows.append({"shape": shape.name, "framework": framework, "status": "unavailable",
-                         "reason": f"{type(e).__name__}: {e}"[:400]})
+                runners[name][0].run(args.warmup - 1)
+        except Exception as e:
+            fail(name, e)
     per_block = [args.steps // args.blocks + (i < args.steps % args.blocks) for i in range(args.blocks)]
-    block_medians = {r.framework: [] for r, _ in runners}
     last_loss = {}
     for block, n in enumerate(per_block):
-        for runner, times in runners:
-            got, loss = runner.run(n)
+        for name in list(runners):
+            runner, times, medians = runners[name]
+            try:
+                got, last_loss[name] = runner.run(n)
+            except Exception as e:
+                fail(name, e)
+                continue
             times.extend(got)
-            block_medians[runner.framework].append(float(np.median(got)))
-            last_loss[runner.framework] = loss
-            print(f"[{shape.name}] block {block + 1}/{args.blocks} {runner.framework}: "
-                  f"median {np.median(got):.3f}s/step", flush=True)
-    for runner, times in runners:
+            medians.append(float(np.median(got)))
+            print(f"[{shape.name}] block {block + 1}/{args.blocks} {name}: median {medians[-1]:.3f}s/step", flush=True)
+    for name, (runner, times, medians) in runners.items():
         runner.close()
         median = float(np.median(times))
-        is_peer = runner.framework in ("torch", "flax")
-        rows.append({"shape": shape.name, "framework": runner.framework, "status": "ok",
-                     "tokens_per_step": shape.tokens, "tokens_per_s": shape.tokens / median,
-                     "step_time_s_median": median, "step_times_s": times,
-                     "block_medians_s": block_medians[runner.framework],
-                     "model_flops_per_step": model_flops,
-                     "executed_flops_per_step": executed_peer if is_peer else model_flops,
-                     "mfu": model_flops / median / (peak_gflops * 1e9),
-                     "loss_last": last_loss[runner.framework], **runner.info})
+        rows[name].update({"status": "ok", "tokens_per_step": shape.tokens, "tokens_per_s": shape.tokens / median,
+                           "step_time_s_median": median, "step_times_s": times, "block_medians_s": medians,
+                           "model_flops_per_step": model_flops,
+                           "executed_flops_per_step": executed_peer if name in ("torch", "flax") else model_flops,
+                           "mfu": model_flops / median / (peak_gflops * 1e9), "loss_last": last_loss[name],
+                           **runner.info})
+    rows = list(rows.values())
     base = next((r for r in rows if r["framework"] == "bert_jax" and r["status"] == "ok"), None)
     for row in rows:
         if base is not None and row["status"] == "ok" and row is not base:
@@ -405,21 +375,25 @@ def environment() -> dict:
     except ImportError:
         pass
     device = jax.devices()[0]
+    processor = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        processor = names[0] if names else processor
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-            "device": f"{device.platform}: {device.device_kind}", "processor": platform.processor() or
-            platform.machine(), "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
-            "versions": versions}
+            "device": f"{device.platform}: {device.device_kind} ({processor})", "processor": processor,
+            "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()), "versions": versions}
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'shape':<6} {'framework':<40} {'tok/s':>8} {'step s':>7} {'MFU':>6} {'x(ours)':>7} "
+    print(f"\n{'shape':<6} {'framework':<44} {'tok/s':>8} {'step s':>7} {'MFU':>6} {'x(ours)':>7} "
           f"{'compile s':>9} {'temp MiB':>8} {'loss0':>7}")
     for r in rows:
         if r["status"] != "ok":
-            print(f"{r['shape']:<6} {r['framework']:<40} unavailable: {r['reason']}")
+            print(f"{r['shape']:<6} {r['framework']:<44} unavailable: {r['reason']}")
             continue
         temp = (r.get("memory") or {}).get("temp_size_in_bytes")
-        print(f"{r['shape']:<6} {r['framework']:<40} {r['tokens_per_s']:>8.0f} {r['step_time_s_median']:>7.3f} "
+        print(f"{r['shape']:<6} {r['framework']:<44} {r['tokens_per_s']:>8.0f} {r['step_time_s_median']:>7.3f} "
               f"{r['mfu']:>6.1%} {r.get('bert_jax_speedup', 1.0):>7.2f} "
               f"{r.get('compile_s', float('nan')):>9.2f} {temp / 2**20 if temp else float('nan'):>8.1f} "
               f"{r.get('loss0', float('nan')):>7.3f}")
@@ -439,7 +413,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--matmul-sizes", default="2048,4096")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_step*.json)")
-    p.add_argument("--quick", action="store_true", help="tiny shape, 3 steps, torch peer only")
+    p.add_argument("--quick", action="store_true", help="tiny shape, 3 steps, torch peer only (1 thread)")
     p.add_argument("--memory-sweep", action="store_true", help="compile-only remat policy sweep, nothing timed")
     p.add_argument("--sweep-seq", type=int, default=512)
     p.add_argument("--sweep-batch", type=int, default=8)
@@ -447,6 +421,7 @@ def parse_args(argv):
     if args.quick:
         args.shapes, args.steps, args.warmup, args.blocks, args.peers = "tiny", 3, 1, 1, "torch"
         args.matmul_sizes = "1024"
+        args.threads = 1  # tiny ops: a second OpenMP thread only adds barrier waits on a busy machine
     args.shapes = [s for s in args.shapes.split(",") if s]
     args.peers = [s for s in args.peers.split(",") if s]
     bad = [s for s in args.shapes if s not in SHAPES]
@@ -505,7 +480,13 @@ def main(argv=None) -> int:
     peer_python = {"torch": sys.executable} if "torch" in args.peers else {}
     args.peer_reasons = {}
     if "flax" in args.peers:
-        peer_python["flax"], args.peer_reasons["flax"] = ensure_flax_venv(args.peer_venv)
+        import flax
+        import jax
+        import optax
+        sys.path.insert(0, HERE)
+        from _peer_flax import ensure_venv
+        pins = {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
+        peer_python["flax"], args.peer_reasons["flax"] = ensure_venv(args.peer_venv, DEFAULT_PEER_VENV, pins)
     peak = matmul_peak_gflops(args.matmul_sizes, repeats=3 if args.quick else 5)
     peak_gflops = max(peak.values())
     print(f"matmul peak (fp32 jnp.dot, best of runs): {peak} GFLOP/s", flush=True)
