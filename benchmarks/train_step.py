@@ -146,6 +146,9 @@ def compile_bert_jax(shape: Shape, overrides: dict, seed: int, batch_np: dict, m
     from bert_jax.train.state import create_sharded_state, state_shardings
     from bert_jax.train.step import make_train_step
 
+    overrides = dict(overrides)
+    # Not a ModelConfig field: the train step's guard (pretrain.py sets it only for train.on_nonfinite=skip).
+    skip_nonfinite = bool(overrides.pop("skip_nonfinite", False))
     cfg = model_config(shape, overrides)
     objectives = ObjectiveSet.parse("mlm+nsp")
     model = PretrainModel(cfg, objectives)
@@ -160,7 +163,7 @@ def compile_bert_jax(shape: Shape, overrides: dict, seed: int, batch_np: dict, m
         state = None
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_np.items()}
-    step = make_train_step(model, objectives, optimizer, schedule)
+    step = make_train_step(model, objectives, optimizer, schedule, skip_nonfinite=skip_nonfinite)
     jitted = jax.jit(step, in_shardings=(shardings, batch_shardings, replicated),
                      out_shardings=(shardings, replicated), donate_argnums=(0,))
     batch = jax.device_put(batch_np, batch_shardings) if materialise else {

@@ -214,3 +214,39 @@ def test_two_processes_match_one(data, reference_run, tmp_path):
     assert step == ref_step == REFERENCE["train__steps"]
     assert data_iter == ref_iter
     assert_params_close(ref_state, state)
+
+
+def _restored_params(workdir, step):
+    from bert_jax.train.export import read_checkpoint_params
+
+    params, _, restored_step = read_checkpoint_params(workdir, step)
+    assert restored_step == step
+    return params
+
+
+def test_nonfinite_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    """An absurd learning rate overflows within a few steps: 'stop' (the default, unguarded updates) raises
+    naming the step before that step's state can be saved; every checkpoint left holds finite params."""
+    workdir = str(tmp_path / "stop")
+    config = h.load_config(h.overrides(data, train__steps=8, train__checkpoint_every=1, train__async_checkpoints=False,
+                                       optimizer__learning_rate=1e30, optimizer__warmup_steps=1))
+    with pytest.raises(pretrain.NonFiniteLossError, match=r"not finite at step (\d+).*last good checkpoint is step") as e:
+        pretrain.run(config, workdir)
+    bad_step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+    steps = ckpt.complete_steps(os.path.join(workdir, "checkpoints"))
+    assert steps and max(steps) < bad_step, (steps, bad_step)
+    assert f"step {max(steps)}" in str(e.value)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(_restored_params(workdir, max(steps))))
+
+
+def test_nonfinite_skip_mode_skips_and_counts(data, tmp_path):
+    workdir = str(tmp_path / "skip")
+    config = h.load_config(h.overrides(data, train__steps=6, train__on_nonfinite="skip", optimizer__learning_rate=1e30,
+                                       optimizer__warmup_steps=1, train__checkpoint_every=6,
+                                       train__async_checkpoints=False))
+    final = pretrain.run(config, workdir)
+    assert final["step"] == 6
+    metrics = h.read_metrics(workdir)
+    skipped = [s for s, m in metrics.items() if m.get("nonfinite")]
+    assert skipped and metrics[max(metrics)]["skipped_steps"] == len(skipped)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(_restored_params(workdir, 6)))

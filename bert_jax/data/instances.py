@@ -15,6 +15,9 @@ Modes (layout `[CLS] A [SEP] (B [SEP]) [PAD]...`, token types 0 up to the first 
                   cut at a random token, so labels stay at 50% (a one-token chunk is forced random).
   sentence-order  ALBERT SOP: as above, but B always follows A; swapped with probability 0.5 (label 1).
                   A one-sentence chunk is cut at a random token as above (a one-token chunk is dropped).
+  sentence-pair   RoBERTa's SENTENCE-PAIR (+NSP): A is one natural sentence, B the next sentence of the same
+                  document (label 0) or, with probability 0.5, one sentence of another document (label 1; A's
+                  successor is put back and starts the next pair). A document's last unpaired sentence is dropped.
   full-sentences  RoBERTa: contiguous sentences packed up to max_len - 2, crossing document boundaries
                   with a [SEP] between documents; one segment, label -1.
   doc-sentences   as full-sentences but never crossing a document boundary.
@@ -36,8 +39,8 @@ import numpy as np
 from bert_jax.data.corpus import RawDocument, document_sentences
 from bert_jax.data.tokenizer import WordPieceTokenizer
 
-MODES = ("segment-pair", "sentence-order", "full-sentences", "doc-sentences", "single")
-PAIR_MODES = ("segment-pair", "sentence-order")
+MODES = ("segment-pair", "sentence-order", "sentence-pair", "full-sentences", "doc-sentences", "single")
+PAIR_MODES = ("segment-pair", "sentence-order", "sentence-pair")
 MIN_SEQ_LEN = 8
 
 
@@ -160,6 +163,26 @@ def _pair_instances(unit: TokenizedUnit, config: InstanceConfig, rnd: random.Ran
                     stats["unsplittable_chunks"] += 1
                 chunk_start = i + 1
             i += 1
+    return out
+
+
+def _sentence_pair_instances(unit: TokenizedUnit, config: InstanceConfig, rnd: random.Random,
+                              stats) -> list[PairInstance]:
+    s0, s1, first = unit.sent_start, unit.sent_end, unit.doc_first
+    out: list[PairInstance] = []
+    for d in range(len(first) - 1):
+        lo, hi = first[d], first[d + 1]
+        i = lo
+        while i < hi - 1:
+            if rnd.random() < config.random_next_prob:
+                r = _random_other_document(d, unit, rnd)
+                j = rnd.randrange(first[r], first[r + 1])
+                out.append((s0[i], s1[i], s0[j], s1[j], 1))
+                i += 1
+            else:
+                out.append((s0[i], s1[i], s0[i + 1], s1[i + 1], 0))
+                i += 2
+        stats["unpaired_sentences"] += int(i == hi - 1)
     return out
 
 
@@ -300,7 +323,9 @@ def build_unit(docs: Sequence[RawDocument], tokenizer: WordPieceTokenizer, confi
     pairs: list[PairInstance] = []
     segments: list[SegmentInstance] = []
     for _ in range(config.dupe_factor):
-        if config.mode in PAIR_MODES:
+        if config.mode == "sentence-pair":
+            pairs += _sentence_pair_instances(unit, config, rnd, stats)
+        elif config.mode in PAIR_MODES:
             pairs += _pair_instances(unit, config, rnd, stats)
         elif config.mode == "single":
             segments += _single_instances(unit, config)

@@ -246,6 +246,15 @@ class PreparedData:
                 "glue": self.sources.glue}
 
 
+def planned(shared_data: str, root: str, spec: DataSpec = DataSpec()) -> PreparedData:
+    """The paths `prepare` would fill, without writing anything (for --dry_run)."""
+    sources = find_sources(shared_data)
+    root = os.path.abspath(root)
+    return PreparedData(root, sources, spec, os.path.join(root, f"vocab-{spec.vocab_size}"),
+                        os.path.join(root, "text", "pretrain.jsonl"), os.path.join(root, "text", "heldout.jsonl"),
+                        os.path.join(root, "squad-split"))
+
+
 def prepare(shared_data: str, root: str, spec: DataSpec = DataSpec(),
             log: Callable[[str], None] = print) -> PreparedData:
     sources = find_sources(shared_data)

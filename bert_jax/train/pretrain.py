@@ -209,8 +209,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if data_state is not None:
         train_iter.set_state(data_state)
 
+    skip_nonfinite = t.on_nonfinite == "skip"
     train_step = make_train_step(model, objectives, optimizer, schedule, opt_cfg.grad_accum_steps,
-                                 axis_name="batch" if t.strategy == "pmap" else None)
+                                 axis_name="batch" if t.strategy == "pmap" else None, skip_nonfinite=skip_nonfinite)
     eval_step = make_eval_step(model, objectives, axis_name="batch" if t.strategy == "pmap" else None)
     if t.strategy == "pmap":
         devices = jax.local_devices()
@@ -328,12 +329,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     writer.write(step, eval_metrics, prefix="eval")
                     _say(f"step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
             if ckpt.should_save(step, every=t.checkpoint_every, total_steps=t.steps, preempted=preempted(step)):
+                if not skip_nonfinite:
+                    flush(*pending)  # unguarded updates: a non-finite step raises here, before its state is saved
                 save(step, state)
             if preempted(step):
                 _say(f"preempted: saved step {step}, exiting")
                 break
         if pending is not None:
             flush(*pending)
+            skipped += int(last["nonfinite"])
+            last["skipped_steps"] = float(skipped)
             writer.write(pending[0], last)
     finally:
         ckpt.wait_for_saves(manager)

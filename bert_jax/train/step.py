@@ -31,13 +31,17 @@ def _psum(x, axis_name):
 
 
 def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: optax.GradientTransformation,
-                    schedule: Callable, grad_accum_steps: int = 1, axis_name: str | None = None) -> Callable:
+                    schedule: Callable, grad_accum_steps: int = 1, axis_name: str | None = None,
+                    skip_nonfinite: bool = True) -> Callable:
     """Returns train_step(state, batch, frozen=None) -> (state, metrics); metrics hold sums and counts (divide
     on host). `frozen`: variable collections that are inputs, not trained (`objectives.load_frozen()`, e.g. a
     distillation teacher): an argument rather than a closed-over constant, which jit would bake into the program.
 
-    A step whose loss or gradient is not finite leaves params and optimiser state untouched and counts
-    `nonfinite` = 1; the caller decides to stop or go on (config `train.on_nonfinite`)."""
+    Every step reports `nonfinite` (1 when its loss or gradient is not finite). With `skip_nonfinite`, such a
+    step leaves params and optimiser state untouched (`train.on_nonfinite=skip`). Without it (`stop`, the
+    default) the update is applied unguarded and the caller must stop before saving that state: the guard is a
+    select over every parameter and optimiser slot, which costs a pass over the state and, at BERT-base,
+    ~450 MiB of XLA temporaries (benchmarks/NOTES.md)."""
 
     def summed_loss(params, batch, denominators, key, frozen):
         # 'sample': draws that are part of the objective (ELECTRA's generator), apart from dropout's
@@ -64,9 +68,10 @@ def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: o
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                                  opt_state=keep(opt_state, state.opt_state))
+        if skip_nonfinite:
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "nonfinite": 1.0 - finite.astype(jnp.float32)}
         metrics.update({f"sum/{k}": v for k, v in sums.items()})
