@@ -31,183 +31,14 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench_common import (CLS, MASK, OPTIMIZER, PAD, SEP, SHAPES, TOKENS_DEFINITION, BenchmarkError, Runner, Shape,  # noqa: E402,F401
+                           make_inputs)
+from _bench_ours import compile_bert_jax, memory_sweep, model_config, start_bert_jax, variant_name  # noqa: E402,F401
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
 DEFAULT_PEER_VENV = os.path.join(os.path.expanduser("~"), ".cache", "bert_jax_bench", "flax-peer-venv")
-PAD, CLS, SEP, MASK = 0, 101, 102, 103  # BERT's uncased ids; random tokens are drawn from [1000, vocab)
-OPTIMIZER = dict(lr=1e-4, weight_decay=0.01, eps=1e-6)
-TOKENS_DEFINITION = "batch * seq per step (padding positions included)"
-
-
-class BenchmarkError(ValueError):
-    """A bad command-line value; the message names it and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    name: str
-    layers: int
-    hidden: int
-    heads: int
-    ffn: int
-    vocab: int
-    seq: int
-    batch: int
-
-    @property
-    def pad(self) -> int:
-        return int(round(0.1 * self.seq))
-
-    @property
-    def max_predictions(self) -> int:
-        return int(round(0.15 * self.seq))
-
-    @property
-    def masked_per_row(self) -> int:
-        return int(round(0.15 * (self.seq - self.pad)))
-
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.seq
-
-
-SHAPES = {
-    "tiny": Shape("tiny", 2, 64, 2, 256, 2048, 32, 4),
-    "mini": Shape("mini", 4, 256, 4, 1024, 30522, 128, 32),
-    "base": Shape("base", 12, 768, 12, 3072, 30522, 128, 8),
-}
-
-
-def make_inputs(shape: Shape, seed: int) -> dict[str, np.ndarray]:
-    """The shared batch, in bert_jax's pipeline format plus `mlm_labels` ([B, L], -100 where not predicted)
-    for the HF peers."""
-    rng = np.random.default_rng(seed)
-    b, l, p = shape.batch, shape.seq, shape.max_predictions
-    real, n_mask = l - shape.pad, shape.masked_per_row
-    pos = np.arange(l)[None, :]
-    original = rng.integers(1000, shape.vocab, (b, l)).astype(np.int32)
-    original[:, 0], original[:, real - 1] = CLS, SEP
-    original[:, real:] = PAD
-    # n_mask distinct positions per row among the real ones after [CLS]: the first n_mask of a random order.
-    order = np.argsort(rng.random((b, real - 1)), axis=1)[:, :n_mask] + 1
-    masked_positions = np.zeros((b, p), np.int32)
-    masked_positions[:, :n_mask] = np.sort(order, axis=1)
-    masked_weights = np.zeros((b, p), np.float32)
-    masked_weights[:, :n_mask] = 1.0
-    rows = np.arange(b)[:, None]
-    masked_ids = np.where(masked_weights > 0, original[rows, masked_positions], 0).astype(np.int32)
-    input_ids = original.copy()
-    input_ids[rows, masked_positions[:, :n_mask]] = MASK
-    mlm_labels = np.full((b, l), -100, np.int32)
-    mlm_labels[rows, masked_positions[:, :n_mask]] = original[rows, masked_positions[:, :n_mask]]
-    return {"input_ids": input_ids,
-            "token_type_ids": ((pos >= real // 2) & (pos < real)).astype(np.int32).repeat(b, 0),
-            "input_mask": (pos < real).astype(np.int32).repeat(b, 0),
-            "position_ids": np.tile(np.arange(l, dtype=np.int32), (b, 1)),
-            "masked_positions": masked_positions, "masked_ids": masked_ids, "masked_weights": masked_weights,
-            "sentence_label": rng.integers(0, 2, b).astype(np.int32), "mlm_labels": mlm_labels}
-
-
-@dataclasses.dataclass(frozen=True)
-class Runner:
-    """A framework set up and warm: `run(n)` -> (per-step seconds, last loss); `close()` frees it."""
-    framework: str
-    info: dict
-    run: object
-    close: object
-
-
-def model_config(shape: Shape, overrides: dict):
-    from bert_jax.model.config import ModelConfig
-    return ModelConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, num_layers=shape.layers,
-                       num_heads=shape.heads, intermediate_size=shape.ffn,
-                       max_position_embeddings=max(512, shape.seq), **overrides)
-
-
-def memory_dict(compiled) -> dict | None:
-    mem = compiled.memory_analysis()
-    if mem is None:
-        return None
-    keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "generated_code_size_in_bytes")
-    return {k: int(getattr(mem, k)) for k in keys if hasattr(mem, k)}
-
-
-def compile_bert_jax(shape: Shape, overrides: dict, seed: int, batch_np: dict, materialise: bool = True):
-    """(compiled step, state or None, batch on device, info) wired as bert_jax/train/pretrain.py does: state
-    created sharded on a 1-device mesh, jit with explicit shardings and the state donated."""
-    import flax.linen as nn
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from bert_jax.objectives import ObjectiveSet, PretrainModel
-    from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, make_mesh
-    from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
-    from bert_jax.train.state import create_sharded_state, state_shardings
-    from bert_jax.train.step import make_train_step
-
-    overrides = dict(overrides)
-    # Not a ModelConfig field: the train step's guard (pretrain.py sets it only for train.on_nonfinite=skip).
-    skip_nonfinite = bool(overrides.pop("skip_nonfinite", False))
-    cfg = model_config(shape, overrides)
-    objectives = ObjectiveSet.parse("mlm+nsp")
-    model = PretrainModel(cfg, objectives)
-    optimizer, schedule = make_optimizer(OptimizerConfig(
-        name="adamw", learning_rate=OPTIMIZER["lr"], weight_decay=OPTIMIZER["weight_decay"], eps=OPTIMIZER["eps"],
-        warmup_steps=0, schedule="constant", grad_clip_norm=0.0))
-    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
-    if materialise:
-        state, abstract, shardings = create_sharded_state(model, optimizer, batch_np, mesh, seed)
-    else:
-        abstract, shardings = state_shardings(model, optimizer, batch_np, mesh)
-        state = None
-    replicated = NamedSharding(mesh, PartitionSpec())
-    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_np.items()}
-    step = make_train_step(model, objectives, optimizer, schedule, skip_nonfinite=skip_nonfinite)
-    jitted = jax.jit(step, in_shardings=(shardings, batch_shardings, replicated),
-                     out_shardings=(shardings, replicated), donate_argnums=(0,))
-    batch = jax.device_put(batch_np, batch_shardings) if materialise else {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k]) for k, v in batch_np.items()}
-    state_arg = state if materialise else jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-        start = time.perf_counter()
-        lowered = jitted.lower(state_arg, batch, {})
-        lower_s = time.perf_counter() - start
-        start = time.perf_counter()
-        compiled = lowered.compile()
-        compile_s = time.perf_counter() - start
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-    info = {"params": params, "lower_s": lower_s, "compile_s": compile_s, "memory": memory_dict(compiled),
-            "model_overrides": overrides}
-    return compiled, state, batch, info
-
-
-def start_bert_jax(shape: Shape, overrides: dict, seed: int, inputs: dict) -> Runner:
-    import jax
-
-    batch_np = {k: v for k, v in inputs.items() if k != "mlm_labels"}
-    compiled, state, batch, info = compile_bert_jax(shape, overrides, seed, batch_np)
-    holder = {"state": state}
-
-    def run(n: int):
-        times, metrics = [], None
-        for _ in range(n):
-            start = time.perf_counter()
-            holder["state"], metrics = compiled(holder["state"], batch, {})
-            jax.block_until_ready((holder["state"], metrics))
-            times.append(time.perf_counter() - start)
-            if "loss0" not in info:
-                host = jax.device_get(metrics)
-                info["loss0"] = float(host["loss"])
-                info["mlm_loss0"] = float(host["sum/mlm_loss"]) / max(float(host["count/mlm_loss"]), 1.0)
-        return times, float(metrics["loss"]) if metrics is not None else math.nan
-
-    return Runner(variant_name(overrides), info, run, lambda: holder.clear())
-
-
-def variant_name(overrides: dict) -> str:
-    return "bert_jax" + ("[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else "")
 
 
 def start_peer(framework: str, python: str, shape: Shape, seed: int, inputs_path: str, threads: int,
@@ -345,23 +176,6 @@ def time_shape(shape: Shape, args, peak_gflops: float, peer_python: dict, log_di
     for row in rows:
         if base is not None and row["status"] == "ok" and row is not base:
             row["bert_jax_speedup"] = base["tokens_per_s"] / row["tokens_per_s"]
-    return rows
-
-
-def memory_sweep(seq: int, batch: int) -> list[dict]:
-    """Compile (never run) the base shape at `seq` for each remat policy; XLA's peak temporary memory."""
-    from bert_jax.model.config import REMAT_POLICIES
-
-    shape = dataclasses.replace(SHAPES["base"], name=f"base-seq{seq}", seq=seq, batch=batch)
-    batch_np = {k: v for k, v in make_inputs(shape, 0).items() if k != "mlm_labels"}
-    rows = []
-    for scan in (False, True):
-        for policy in REMAT_POLICIES:
-            overrides = {"remat_policy": policy, "scan_layers": scan}
-            print(f"[memory] compiling {shape.name} {overrides} ...", flush=True)
-            _, _, _, info = compile_bert_jax(shape, overrides, 0, batch_np, materialise=False)
-            rows.append({"shape": shape.name, "batch": batch, "seq": seq, "remat_policy": policy,
-                         "scan_layers": scan, **info})
     return rows
 
 
