@@ -232,7 +232,7 @@ def test_data_prep_splits_by_article_and_is_idempotent(shared, tmp_path):
     assert [a["title"] for a in squad["dev"]["data"]] == ["Article 1", "Article 3"]
     assert isinstance(prepared.task("glue/sst2"), data_lib.TaskData)
     assert prepared.task("glue/qnli") == data_lib.Unavailable("n/a (no train set)")
-    assert prepared.task("glue/mnli") == data_lib.Unavailable("n/a (no data)")
+    assert prepared.task("glue/mnli") == data_lib.Unavailable("n/a (no train set)")
     assert prepared.task("conll2003").reason.startswith("n/a")
     mtimes = {p: os.path.getmtime(p) for p in (prepared.pretrain_text, prepared.squad_dir, prepared.vocab_dir)}
     logs.clear()

@@ -258,6 +258,17 @@ def test_finetune_from_an_ltr_pretraining_workdir(tmp_path):
     assert load_init(str(tmp_path / "pt")).step == 4
     with pytest.raises(InitError, match="step"):
         load_init(str(tmp_path / "pt") + "@3")
+    # Saved from 8 devices, read by a process with one: the same weights.
+    import subprocess
+    import sys
+
+    from tests._pretrain_helpers import cli_env
+
+    code = "import sys; from bert_jax.finetune.init import load_init; print(load_init(sys.argv[1]).fingerprint)"
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "pt")], env=cli_env(1), capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == load_init(str(tmp_path / "pt")).fingerprint
     sst2 = write_sst2(str(tmp_path / "sst2"), n_train=64, n_dev=32)
     workdir = str(tmp_path / "ft")
     assert finetune_main.main(args("glue/sst2", sst2, str(tmp_path / "pt"), workdir, "--learning_rates", "1e-3",

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
-from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
 from bert_jax.data.shards import write_json_atomic
+from bert_jax.data.wordpiece_trainer import count_words, learn_vocab
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 VOCAB_FILE = "vocab.txt"
@@ -200,26 +201,32 @@ def train_wordpiece(
 ) -> list[str]:
     """Train a WordPiece vocab on an iterator of texts; returns the ordered tokens ([PAD] is id 0).
 
-    Pass the result to `save_vocab`. Training streams `texts` (the Rust trainer keeps only word counts).
+    Pass the result to `save_vocab`. Training streams `texts` (only word counts are kept) and is
+    deterministic: the same texts and settings give the same vocab, ids included, in any process
+    (see `wordpiece_trainer`). The words are those the tokenizer itself sees (same normaliser and
+    pre-tokenizer), so the vocab is learned on exactly what it will encode.
     """
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise TokenizerError(f"--vocab_size {vocab_size} is too small; use at least a few hundred (BERT uses 30522)")
-    backend = Tokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=MAX_CHARS_PER_WORD))
-    backend.normalizer = _normalizer(lowercase)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix=CONTINUATION,
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer)
-    ids = backend.get_vocab()
-    vocab = sorted(ids, key=ids.get)
-    if [ids[t] for t in vocab] != list(range(len(vocab))):  # vocab.txt can only express ids 0..n-1
-        raise TokenizerError("the trained vocab has gaps in its ids; retrain with another --vocab_size")
+    word_counts = count_words(texts, _normalizer(lowercase), pre_tokenizers.BertPreTokenizer())
+    vocab = learn_vocab(word_counts, vocab_size, SPECIAL_TOKENS, unk_token="[UNK]", min_frequency=min_frequency,
+                        limit_alphabet=limit_alphabet, prefix=CONTINUATION, max_word_chars=MAX_CHARS_PER_WORD)
     if len(vocab) <= len(SPECIAL_TOKENS):
         raise TokenizerError("the training text is empty; pass files with text to `bert-jax train-tokenizer --input`")
-    return vocab
+    return canonical_order(vocab)
+
+
+def canonical_order(vocab: Sequence[str]) -> list[str]:
+    """Specials first, then single characters, then ## single characters, then longer pieces, each group sorted.
+
+    The Rust trainer orders its alphabet and equally frequent merges by hash-map iteration, which is seeded per
+    process, so the same corpus gave the same token set in a different order (different ids, different data
+    shards) from run to run. WordPiece encoding depends only on the set, so a canonical order costs nothing."""
+    specials = [t for t in SPECIAL_TOKENS if t in vocab]
+    rest = [t for t in vocab if t not in SPECIAL_TOKENS]
+
+    def key(token: str):
+        core = token[len(CONTINUATION):] if token.startswith(CONTINUATION) and len(token) > len(CONTINUATION) else token
+        return (len(core) > 1, token.startswith(CONTINUATION), token)
+
+    return specials + sorted(rest, key=key)

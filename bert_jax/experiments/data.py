@@ -229,7 +229,7 @@ class PreparedData:
             folder = os.path.join(self.sources.glue, spec.dirname)
             has = {s: os.path.isfile(os.path.join(folder, spec.files[s])) for s in ("train", "dev")}
             if not has["train"]:
-                return Unavailable("n/a (no train set)" if has["dev"] else "n/a (no data)")
+                return Unavailable("n/a (no train set)")
             return TaskData(self.sources.glue) if has["dev"] else Unavailable("n/a (no dev set)")
         if name == "squad/v1.1":
             return TaskData(self.squad_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -25,8 +26,9 @@ def plot_figure5(results: dict, path: str) -> str:
             if not points:
                 continue
             steps = [s for s, _ in points]
-            ax.plot(steps, [c["median"] for _, c in points], marker="o", label=series)
-            ax.fill_between(steps, [c["min"] for _, c in points], [c["max"] for _, c in points], alpha=0.2)
+            (line,) = ax.plot(steps, [c["median"] for _, c in points], marker="o", label=series)
+            ax.fill_between(steps, [c["min"] for _, c in points], [c["max"] for _, c in points], alpha=0.2,
+                            color=line.get_color())
         ax.set_title(f"{column['key']} ({results['scale']})")
         ax.set_xlabel("pretraining steps")
         ax.set_ylabel("dev score (median, min-max band over seeds)")
@@ -62,6 +64,7 @@ def plot_table6(results: dict, path: str, column: str = "LM ppl") -> str:
             for x, (m, v) in zip(xs, points):
                 ax.annotate(m, (x, v), textcoords="offset points", xytext=(3, 3), fontsize=7)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled points suffice
         else:
             ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title, fontsize=9)

@@ -49,7 +49,8 @@ def _header_lines(results: dict) -> list[str]:
     t = results.get("timing", {})
     when = f"- date: {results['date']}"
     if t:
-        when += (f"; wall {t['wall_seconds'] / 60:.0f} min on {t['cpu_count']} CPU cores, load average "
+        when += (f"; this invocation: wall {t['wall_seconds'] / 60:.0f} min on {t['cpu_count']} CPU cores (runs "
+                 "finished by earlier invocations are not counted; see experiment.log), load average "
                  f"{t['load_average_start'][0]:.1f} at start, {t['load_average_end'][0]:.1f} at end")
     lines.append(when)
     return lines

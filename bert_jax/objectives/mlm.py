@@ -2,7 +2,7 @@
 from bert_jax.model.heads import MLMHead
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
-ALL_MODES = ("segment-pair", "sentence-order", "full-sentences", "doc-sentences", "single")
+ALL_MODES = ("segment-pair", "sentence-order", "sentence-pair", "full-sentences", "doc-sentences", "single")
 
 
 def denominators(batch):

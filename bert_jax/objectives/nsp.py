@@ -22,6 +22,6 @@ def sentence_pair_forward(prefix):
     return forward
 
 
-NSP = register(Objective(name="nsp", data_modes=("segment-pair",), masking="none",
+NSP = register(Objective(name="nsp", data_modes=("segment-pair", "sentence-pair"), masking="none",
                          denominators=sentence_pair_denominators("nsp"), forward=sentence_pair_forward("nsp"),
                          loss_weights={"nsp_loss": 1.0}))

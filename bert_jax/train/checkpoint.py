@@ -335,7 +335,8 @@ def check_restore_target(saved_metadata: Any, target: Any, checkpoint: str) -> N
             lines.append(f"  {path}: checkpoint {saved[path]} vs restore target {wanted[path]}")
     if lines:
         raise IncompatibleCheckpointError(
-            f"checkpoint {checkpoint} does not match the restore target ({len(lines)} differences):\n"
+            f"checkpoint {checkpoint} does not match the restore target; restore it with the config it was saved "
+            f"with (its config item) or use a fresh directory ({len(lines)} differences):\n"
             + "\n".join(lines))
 
 

@@ -38,7 +38,9 @@ def read_checkpoint_params(workdir: str, step: int | None = None) -> tuple[dict,
         raise FileNotFoundError(f"step {step} is not a complete checkpoint in {directory}; complete: {steps}")
     manager = ckpt.open_manager(directory, async_save=False)
     meta = manager.item_metadata(step)["state"]
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), meta)
+    # An explicit single-device sharding: restore onto this process's devices whatever topology saved it.
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), meta)
     restored = manager.restore(step, args=ckpt.ocp.args.Composite(
         state=ckpt.ocp.args.StandardRestore(target), config=ckpt.ocp.args.JsonRestore()))
     return jax.device_get(restored["state"]["params"]), restored["config"], step

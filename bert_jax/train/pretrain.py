@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import zlib
 from typing import Any
 
 import flax.linen as nn
@@ -92,6 +93,38 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
     return train_dir, eval_dir
 
 
+def read_train_manifest(train_dir: str, eval_dir: str) -> dict:
+    """The training data's manifest. With several processes, every process must read the same datasets: with
+    unequal batch counts some would wait forever in a collective, and one process failing to read its data
+    would leave the others waiting for it; both fail here on every process, before the first step."""
+    if jax.process_count() == 1:
+        return read_manifest(train_dir)
+    from jax.experimental import multihost_utils
+
+    try:
+        manifest = read_manifest(train_dir)
+        eval_examples = int(read_manifest(eval_dir)["examples"]) if eval_dir else 0
+        mine = np.array([int(manifest["examples"]), int(manifest["seq_len"]), eval_examples,
+                         zlib.crc32(str(manifest.get("vocab_fingerprint")).encode())], np.int64)
+        error = None
+    except (ValueError, OSError, KeyError) as e:
+        mine, error = np.full(4, -1, np.int64), e
+    everyone = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    if error is not None:
+        raise error
+    failed = [i for i, row in enumerate(everyone.tolist()) if row[0] < 0]
+    if failed:
+        raise ValueError(f"process(es) {failed} could not read their data (their logs say why); every process "
+                         f"must be able to read data.path={train_dir!r} and data.eval_path={eval_dir!r}")
+    if (everyone != everyone[0]).any():
+        seen = ", ".join(f"process {i}: {r[0]} train / {r[2]} eval examples, seq_len {r[1]}"
+                         for i, r in enumerate(everyone.tolist()))
+        raise ValueError(f"processes read different data (data.path={train_dir!r} on process {jax.process_index()}; "
+                         f"{seen}); every process must read the same dataset: copy it to every host or use "
+                         "shared storage")
+    return manifest
+
+
 def resolve_model(config: ml_collections.ConfigDict, manifest: dict, objectives: ObjectiveSet) -> ModelConfig:
     values = config.model.to_dict()
     if not values.get("vocab_size"):
@@ -126,6 +159,8 @@ def _pmap_batch(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def load_init_params(path: str, abstract_params: Any) -> Any:
     """Params from another run's newest checkpoint (phase two, continued pretraining)."""
+    if not os.path.isdir(path):  # checked first: opening a manager would create the mistyped directory
+        raise FileNotFoundError(f"train.init_from={path!r} does not exist; point it at a pretraining workdir")
     manager = ckpt.open_manager(os.path.join(path, "checkpoints") if os.path.isdir(
         os.path.join(path, "checkpoints")) else path, async_save=False)
     complete = ckpt.complete_steps(str(manager.directory))
@@ -147,7 +182,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     objectives = ObjectiveSet.parse(config.objectives, config.objective_options.to_dict())
     train_dir, eval_dir = prepare_data(config, objectives, workdir)
-    manifest = read_manifest(train_dir)
+    manifest = read_train_manifest(train_dir, eval_dir)
     if manifest["mode"] not in objectives.data_modes:
         raise ValueError(f"data {train_dir} was built in mode {manifest['mode']!r}, objectives {config.objectives!r} "
                          f"need one of {objectives.data_modes}; rebuild it with `bert-jax make-data --mode ...`")
@@ -165,11 +200,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     optimizer, schedule = make_optimizer(opt_cfg)
     model = PretrainModel(model_cfg, objectives)
     frozen = objectives.load_frozen()  # e.g. a distillation teacher: an input to the steps, never trained
-
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        _say(f"config:\n{config}")
 
     mesh = make_mesh(config.mesh.to_dict())
     dp = data_parallel_size(mesh) if t.strategy == "mesh" else jax.device_count()
@@ -208,6 +238,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                         **data_kwargs)
     if data_state is not None:
         train_iter.set_state(data_state)
+    if eval_dir:  # opened once now so that unusable eval data fails before the first step
+        make_eval_iterator(eval_dir, t.global_batch_size, masking, mask_seed=t.seed, **data_kwargs)
+    if jax.process_index() == 0:  # after the checks: a refused resume leaves the run's config.json
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        _say(f"config:\n{config}")
 
     skip_nonfinite = t.on_nonfinite == "skip"
     train_step = make_train_step(model, objectives, optimizer, schedule, opt_cfg.grad_accum_steps,
@@ -348,6 +384,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return {"step": float(step), **last}
 
 
+def _one_line(error: BaseException) -> str:
+    """A message listing items one per line (e.g. differing checkpoint paths) as one line."""
+    first, *rest = str(error).splitlines() or [""]
+    return " ".join([first, "; ".join(line.strip() for line in rest if line.strip())]).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -368,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bert-jax pretrain: {e}", file=sys.stderr)
         return 3
     except (ValueError, FileNotFoundError) as e:  # bad input: one line naming it and the fix, no traceback
-        print(f"bert-jax pretrain: {e}", file=sys.stderr)
+        print(f"bert-jax pretrain: {_one_line(e)}", file=sys.stderr)
         return 2
+    except ckpt.CheckpointSaveError as e:  # e.g. disk full; the message names the step kept
+        print(f"bert-jax pretrain: {_one_line(e)}", file=sys.stderr)
+        return 4
     _say("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
     return 0
