@@ -1,4 +1,5 @@
 """Tokenizer: id parity with transformers' BertTokenizer, training round trip, fingerprint, CLI."""
+import collections
 import gzip
 import os
 import random
@@ -15,6 +16,7 @@ from bert_jax.data.tokenizer import (
     train_wordpiece,
     vocab_fingerprint,
 )
+from bert_jax.data.wordpiece_trainer import count_words, learn_vocab
 
 transformers = pytest.importorskip("transformers")
 
@@ -179,3 +181,140 @@ def test_training_is_deterministic_across_processes(tmp_path):
         vocabs.append((out / "vocab.txt").read_text())
     assert vocabs[0] == vocabs[1] == vocabs[2]
     assert vocabs[0].split("\n")[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+# --- the deterministic WordPiece trainer (bert_jax/data/wordpiece_trainer.py) ---
+
+GUTENBERG = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "corpus", "gutenberg")
+
+
+def _tie_heavy_texts() -> list[str]:
+    """150 random six-letter words over ten letters, each seen twice: most pairs tie with many others."""
+    rnd = random.Random(0)
+    words = ["".join(rnd.choice("abcdefghij") for _ in range(6)) for _ in range(150)]
+    return [" ".join(words)] * 2
+
+
+def _rust_trainer_vocab(texts, vocab_size: int, lowercase: bool = True) -> list[str]:
+    """The vocab HF's Rust WordPieceTrainer gives (the trainer we replaced), as the quality reference."""
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+    from tokenizers.models import WordPiece
+
+    from bert_jax.data.tokenizer import SPECIAL_TOKENS, _normalizer, canonical_order
+
+    backend = Tokenizer(WordPiece(unk_token="[UNK]"))
+    backend.normalizer = _normalizer(lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+                                        continuing_subword_prefix="##", show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    ids = backend.get_vocab()
+    return canonical_order(sorted(ids, key=ids.get))
+
+
+def _encoding_stats(vocab, texts, tmp_path) -> tuple[float, float]:
+    """(tokens per word, [UNK] rate) of `texts` under `vocab`."""
+    tok = load_tokenizer(save_vocab(str(tmp_path), vocab, lowercase=True))
+    ids, word_start, _ = tok.encode_flat(texts)
+    return len(ids) / word_start.sum(), float((ids == tok.unk_id).mean())
+
+
+def test_tie_heavy_training_is_deterministic_across_processes(tmp_path):
+    """Where the Rust trainer's token set changes from process to process, ours must not (hash seeds vary too)."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(_tie_heavy_texts()), encoding="utf-8")
+    code = ("import sys; from bert_jax.data.tokenizer import train_wordpiece; "
+            "sys.stdout.write('\\n'.join(train_wordpiece(open(sys.argv[1], encoding='utf-8'), 120)))")
+    outputs = [
+        subprocess.run([sys.executable, "-c", code, str(corpus)], check=True, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+        for seed in (1, 2, 3)
+    ]
+    assert outputs[0] == outputs[1] == outputs[2]
+    vocab = outputs[0].split("\n")
+    assert len(vocab) == 120 and vocab == train_wordpiece(iter(_tie_heavy_texts()), 120)
+    assert sum(len(t.lstrip("#")) > 1 for t in vocab[5:]) == 120 - 5 - 10 - 10  # the rest are merges
+
+
+def test_learn_vocab_breaks_ties_by_token_age_whatever_the_input_order():
+    counts = {"cd": 2, "ab": 2, "ax": 1}
+    specials = ["[PAD]", "[UNK]"]
+    vocab = learn_vocab(counts, vocab_size=11, special_tokens=specials, unk_token="[UNK]", min_frequency=1)
+    # specials, alphabet by code point, ## alphabet by code point, then the one merge: (a, ##b) and (c, ##d)
+    # tie at 2 and the pair of older tokens wins.
+    assert vocab == specials + ["a", "b", "c", "d", "x", "##b", "##d", "##x", "ab"]
+    assert learn_vocab(dict(reversed(list(counts.items()))), 11, specials, "[UNK]", min_frequency=1) == vocab
+    merges = learn_vocab(counts, 100, specials, "[UNK]", min_frequency=1)[10:]
+    assert merges == ["ab", "cd", "ax"]  # then by count; HF-style pieces: "a" + "##b" -> "ab"
+
+
+def test_count_words_matches_per_text_pre_tokenization():
+    from tokenizers import pre_tokenizers
+
+    from bert_jax.data.tokenizer import _normalizer
+
+    texts = TEXTS + _random_texts(400, seed=3) + ["a\u0301\u0302", "\u0300 x", "ΟΔΟΣ ΟΔΟΣ.", "x\u3000y\u2028z"]
+    for lowercase in (True, False):
+        normalizer, pre_tokenizer = _normalizer(lowercase), pre_tokenizers.BertPreTokenizer()
+        expected = collections.Counter(
+            w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        assert count_words(iter(texts), normalizer, pre_tokenizer) == expected
+
+
+def test_trained_vocab_encodes_like_the_rust_trainers(tmp_path):
+    """Same algorithm: on held-out text of the training distribution, the same tokens per word and [UNK] rate,
+    and a token set that differs from the Rust trainer's only where equally frequent merges tie at the cut."""
+    from bert_jax.data.builtin_corpus import generate_documents
+
+    train = [s for doc in generate_documents(150, seed=0) for s in doc]
+    held_out = [s for doc in generate_documents(60, seed=1) for s in doc]
+    ours = train_wordpiece(iter(train), 600)
+    theirs = _rust_trainer_vocab(iter(train), 600)
+    assert len(ours) == len(theirs) == 600
+    assert len(set(ours) ^ set(theirs)) <= 0.1 * 600
+    ours_tpw, ours_unk = _encoding_stats(ours, held_out, tmp_path / "ours")
+    theirs_tpw, theirs_unk = _encoding_stats(theirs, held_out, tmp_path / "theirs")
+    assert abs(ours_tpw / theirs_tpw - 1) < 0.05 and ours_unk <= theirs_unk
+    assert 1.0 < ours_tpw < 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(GUTENBERG), reason="shared Gutenberg corpus not available")
+def test_gutenberg_vocab_equals_the_rust_trainers():
+    """On a real corpus with no tie at the cut the two trainers agree exactly (8192 tokens)."""
+    from bert_jax.data.corpus import ReaderOptions, iter_documents
+
+    docs = iter_documents([os.path.join(GUTENBERG, "*.txt")], ReaderOptions(), collections.Counter())
+    sentences = [s for doc in docs for s in doc]
+    assert set(train_wordpiece(iter(sentences), 8192)) == set(_rust_trainer_vocab(iter(sentences), 8192))
+
+
+def test_limit_alphabet_keeps_the_most_frequent_characters(tmp_path):
+    # Frequencies a > b > c > q: with limit 3, q is out; "aqb" must not teach (a, ##b) across the dropped q.
+    texts = ["aaaa bbb cc"] * 5 + ["aqb"] * 4
+    vocab = train_wordpiece(iter(texts), 100, limit_alphabet=3, min_frequency=1)
+    singles = {t for t in vocab[5:] if len(t) == 1}
+    assert singles == {"a", "b", "c"}
+    assert not any("q" in t for t in vocab) and "ab" not in vocab
+    tok = load_tokenizer(save_vocab(str(tmp_path), vocab, lowercase=True))
+    assert [tok.vocab[i] for i in tok.encode_batch(["aqb aaa"])[0][0]] == ["[UNK]", "aaa"]
+    full = train_wordpiece(iter(texts), 100, min_frequency=1)
+    assert {"q", "##q", "aq"} <= set(full)  # without the limit the same corpus keeps q
+
+
+def test_min_frequency_stops_merging_rarer_pairs():
+    texts = ["abc abc abc xyz"]
+    assert {"ab", "abc"} <= set(train_wordpiece(iter(texts), 100, min_frequency=3))
+    vocab = train_wordpiece(iter(texts), 100, min_frequency=2)
+    assert "xy" not in vocab and "xyz" not in vocab and "abc" in vocab
+    assert not any(len(t.lstrip("#")) > 1 for t in train_wordpiece(iter(texts), 100, min_frequency=4)[5:])
+
+
+def test_training_errors():
+    with pytest.raises(TokenizerError, match="the training text is empty"):
+        train_wordpiece(iter(["", "  \n", "\u200b"]), 100)
+    with pytest.raises(TokenizerError, match="too small"):
+        train_wordpiece(iter(["hello"]), 3)

@@ -219,9 +219,9 @@ def train_wordpiece(
 def canonical_order(vocab: Sequence[str]) -> list[str]:
     """Specials first, then single characters, then ## single characters, then longer pieces, each group sorted.
 
-    The Rust trainer orders its alphabet and equally frequent merges by hash-map iteration, which is seeded per
-    process, so the same corpus gave the same token set in a different order (different ids, different data
-    shards) from run to run. WordPiece encoding depends only on the set, so a canonical order costs nothing."""
+    Ids then depend on the token set alone, not on the order training made the tokens in (the HF Rust trainer,
+    used before, ordered them by per-process-seeded hash maps, so ids changed from run to run). WordPiece
+    encoding depends only on the set, so a canonical order costs nothing."""
     specials = [t for t in SPECIAL_TOKENS if t in vocab]
     rest = [t for t in vocab if t not in SPECIAL_TOKENS]
 

@@ -99,6 +99,8 @@ def learn_vocab(
 
     Like HF's trainer the alphabet is never cut to fit `vocab_size` (a missing character would make every
     word holding it [UNK]), so a vocab_size smaller than specials + alphabet yields just those."""
+    if unk_token not in special_tokens:
+        raise ValueError(f"unk_token {unk_token!r} is not among special_tokens {list(special_tokens)}; add it there")
     words_by_text = sorted(w for w, n in word_counts.items() if n > 0 and 0 < len(w) <= max_word_chars)
     alphabet = choose_alphabet({w: word_counts[w] for w in words_by_text}, limit_alphabet)
     tokens: list[str] = []
@@ -150,7 +152,7 @@ def learn_vocab(
         right = tokens[b][len(prefix):] if tokens[b].startswith(prefix) and len(tokens[b]) > len(prefix) else tokens[b]
         t = add(tokens[a] + right)  # the same string can come from two pairs (ab+##c, a+##bc): it is one token
         touched: set[tuple[int, int]] = set()
-        for w in pair_words.pop((a, b)):
+        for w in pair_words.pop((a, b), ()):
             old = words[w]
             new = _merge_word(old, a, b, t)
             if len(new) == len(old):
