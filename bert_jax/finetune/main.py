@@ -139,7 +139,7 @@ def run(args) -> dict:
                 "variant": args.variant, "features": args.features if args.variant == "features" else None,
                 "pool": "last token" if init.config.causal else "[CLS]", "train_examples": len(train_examples),
                 "eval_examples": {k: len(v) for k, v in eval_examples.items()}, "vocab": tokenizer.path, "bucket_widths": list(widths)}
-    runs = []
+    runs, step_cache = [], {}  # every setting shares one compiled step (the learning rate is an argument)
     for lr in args.learning_rates:
         for seed in range(args.seeds):
             setting = Setting(learning_rate=lr, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
@@ -153,7 +153,8 @@ def run(args) -> dict:
                     runs.append(done)
                     continue
             result = run_setting(model, init.params, train, evals, evaluate, setting, widths,
-                                 eval_each_epoch=args.eval_each_epoch, log=log, progress=args.progress)
+                                 eval_each_epoch=args.eval_each_epoch, log=log, progress=args.progress,
+                                 step_cache=step_cache)
             record = {k: result[k] for k in ("setting", "epochs", "final", "loaded", "seconds", "steps")}
             record.update(init_fingerprint=init.fingerprint, protocol=protocol)
             _write_json(path, record)

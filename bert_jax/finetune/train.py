@@ -37,14 +37,17 @@ class Setting:
 
 
 def make_optimizer(setting: Setting, total_steps: int, params, head) -> optax.GradientTransformation:
+    """AdamW with 10% linear warm-up and linear decay, its *peak* rate left out: the train step multiplies the
+    updates by the setting's learning rate, an argument, so every learning rate of a protocol (and every seed)
+    runs the same compiled step. Equal to optax.adamw(peak * schedule)."""
     warmup = max(int(round(setting.warmup_fraction * total_steps)), 1)
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, setting.learning_rate, warmup),
-         optax.linear_schedule(setting.learning_rate, 0.0, max(total_steps - warmup, 1))], [warmup])
+    fraction = optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup),
+                                     optax.linear_schedule(1.0, 0.0, max(total_steps - warmup, 1))], [warmup])
     core = optax.chain(
         optax.clip_by_global_norm(setting.grad_clip_norm) if setting.grad_clip_norm > 0 else optax.identity(),
-        optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=setting.weight_decay,
-                    mask=weight_decay_mask(params)))
+        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+        optax.add_decayed_weights(setting.weight_decay, mask=weight_decay_mask(params)),
+        optax.scale_by_schedule(lambda count: -fraction(count)))
     return masked_optimizer(core, params, head)  # a frozen encoder (feature-based) gets no update and no state
 
 
@@ -56,15 +59,30 @@ def _step_fns(model: FineTuneModel, optimizer):
         loss_sum, count = task_loss(head, outputs, batch)
         return loss_sum / jnp.maximum(count, 1.0), (loss_sum, count)
 
-    def train_step(params, opt_state, batch, key):
+    def train_step(params, opt_state, batch, key, learning_rate):
         (_, (loss_sum, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: learning_rate * u, updates)
         return optax.apply_updates(params, updates), opt_state, {"loss_sum": loss_sum, "count": count}
 
     def eval_step(params, batch):
         return model.apply({"params": params}, batch, deterministic=True)
 
     return jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step)
+
+
+def compiled_steps(model: FineTuneModel, setting: Setting, total_steps: int, params, cache: dict | None):
+    """(optimizer, train_step, eval_step), shared through `cache` by settings that differ only in learning rate
+    and seed: one compilation per bucket width for a whole protocol instead of one per setting."""
+    key = (model, total_steps, setting.warmup_fraction, setting.weight_decay, setting.grad_clip_norm,
+           jax.tree.structure(params))
+    if cache is not None and key in cache:
+        return cache[key]
+    optimizer = make_optimizer(setting, total_steps, params, model.head)
+    built = (optimizer, *_step_fns(model, optimizer))
+    if cache is not None:
+        cache[key] = built
+    return built
 
 
 def gather_outputs(eval_step, params, features: Mapping[str, np.ndarray], batch_size: int,
@@ -95,7 +113,7 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
                 evals: Mapping[str, Mapping[str, np.ndarray]],
                 evaluate: Callable[[str, dict[str, np.ndarray]], dict[str, float]], setting: Setting,
                 widths: tuple[int, ...], eval_each_epoch: bool = False, log: Callable[[str], None] = print,
-                progress: bool = False) -> dict:
+                progress: bool = False, step_cache: dict | None = None) -> dict:
     """Train one setting; returns {'setting', 'epochs': [{'epoch', 'train_loss', <split>: metrics}], 'final':
     {split: metrics}, 'loaded', 'seconds', 'steps', 'params' and 'eval_step' (to predict other splits)}."""
     key = jax.random.key(setting.seed)
@@ -104,9 +122,9 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
     params, report = merge_pretrained(fresh["params"], pretrained)
     steps_per_epoch = num_batches(train, setting.batch_size, widths)
     total = steps_per_epoch * setting.epochs
-    optimizer = make_optimizer(setting, total, params, model.head)
+    optimizer, train_step, eval_step = compiled_steps(model, setting, total, params, step_cache)
     opt_state = optimizer.init(params)
-    train_step, eval_step = _step_fns(model, optimizer)
+    learning_rate = jnp.float32(setting.learning_rate)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -118,7 +136,7 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
         pending = []
         for batch in iterate_batches(train, setting.batch_size, widths, shuffle_seed=setting.seed * 1009 + epoch):
             params, opt_state, metrics = train_step(params, opt_state, model_inputs(batch),
-                                                    jax.random.fold_in(key, step + 1))
+                                                    jax.random.fold_in(key, step + 1), learning_rate)
             pending.append(metrics)  # read back lazily: no host sync inside the loop
             step += 1
             if bar is not None:

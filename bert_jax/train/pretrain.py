@@ -256,7 +256,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # One copy per local device along a new leading axis; pmap places slice i on device i.
         replicate = lambda tree: jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), tree)
         state = replicate(jax.device_get(state))
-        frozen = jax.pmap(lambda x: x)(replicate(frozen))  # one copy per device, placed once (not per step)
+        if frozen:  # one copy per device, placed once (not per step)
+            frozen = jax.pmap(lambda x: x)(replicate(frozen))
         run_step = lambda s, b: p_train(s, _pmap_batch(b), frozen)
         run_eval = lambda p, b: jax.tree.map(lambda x: x[0], p_eval(p, _pmap_batch(b), frozen))
         # The first device's copy, without compiling an indexing op per leaf shape.
