@@ -1,5 +1,4 @@
 """Behaviour of the encoder: masks, packing, position kinds, ALBERT options, scan/remat, precision, sharding."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -3,7 +3,6 @@ under both training strategies (mesh and pmap)."""
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections

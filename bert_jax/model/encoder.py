@@ -1,7 +1,6 @@
 """The BERT encoder: embeddings, then a stack of transformer layers (plain, scanned, rematerialised or shared)."""
 from __future__ import annotations
 
-import dataclasses
 
 import flax.struct
 

@@ -1,7 +1,6 @@
 """BertForPreTraining: the encoder with BERT's MLM and next-sentence heads (the transformers-parity model)."""
 from __future__ import annotations
 
-import dataclasses
 
 import flax.struct
 

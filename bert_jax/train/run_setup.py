@@ -1,0 +1,111 @@
+"""What a pretraining run is built from, before any step: the processes (jax.distributed), the data (built-in
+corpus or prepared shards, the same on every process), the model config the data implies, the masking."""
+from __future__ import annotations
+
+import os
+import zlib
+
+import jax
+import ml_collections
+import numpy as np
+
+from bert_jax.data.masking import MaskingConfig
+from bert_jax.data.shards import read_manifest
+from bert_jax.model.config import ModelConfig
+from bert_jax.objectives.base import ObjectiveSet
+
+
+def setup_distributed(config: ml_collections.ConfigDict) -> None:
+    d = config.distributed
+    if not d.enabled:
+        return
+    kwargs = {}
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or d.coordinator_address.startswith("127."):
+        # CPU processes need a collectives backend to form one job (tests, laptops).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if d.coordinator_address:
+        kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                      process_id=d.process_id)
+    jax.distributed.initialize(**kwargs)  # no arguments: discovered automatically on TPU VMs and SLURM
+
+
+def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, workdir: str) -> tuple[str, str]:
+    """(train dir, eval dir or ''). "builtin" generates, tokenises and caches the built-in corpus."""
+    data = config.data
+    if data.path != "builtin":
+        return data.path, data.eval_path
+    from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, builtin_vocab_dir, prepare_builtin_dataset
+
+    mode = data.mode or objectives.data_modes[0]
+    cache = os.path.join(workdir, "data")
+    docs = data.builtin_docs or DEFAULT_NUM_DOCS
+    kwargs = dict(mode=mode, seq_len=data.seq_len, vocab_size=data.builtin_vocab_size, log=lambda m: None)
+    if jax.process_index() == 0:
+        train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=docs, **kwargs)
+        # Held out: documents of another seed, tokenised with the training vocab.
+        vocab = builtin_vocab_dir(cache, data.builtin_vocab_size, docs, 0)
+        eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
+                                                             vocab=vocab, **kwargs)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("builtin data ready")
+    train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=docs, **kwargs)
+    vocab = builtin_vocab_dir(cache, data.builtin_vocab_size, docs, 0)
+    eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
+                                                         vocab=vocab, **kwargs)
+    return train_dir, eval_dir
+
+
+def read_train_manifest(train_dir: str, eval_dir: str) -> dict:
+    """The training data's manifest. With several processes, every process must read the same datasets: with
+    unequal batch counts some would wait forever in a collective, and one process failing to read its data
+    would leave the others waiting for it; both fail here on every process, before the first step."""
+    if jax.process_count() == 1:
+        return read_manifest(train_dir)
+    from jax.experimental import multihost_utils
+
+    try:
+        manifest = read_manifest(train_dir)
+        eval_examples = int(read_manifest(eval_dir)["examples"]) if eval_dir else 0
+        mine = np.array([int(manifest["examples"]), int(manifest["seq_len"]), eval_examples,
+                         zlib.crc32(str(manifest.get("vocab_fingerprint")).encode())], np.int64)
+        error = None
+    except (ValueError, OSError, KeyError) as e:
+        mine, error = np.full(4, -1, np.int64), e
+    everyone = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    if error is not None:
+        raise error
+    failed = [i for i, row in enumerate(everyone.tolist()) if row[0] < 0]
+    if failed:
+        raise ValueError(f"process(es) {failed} could not read their data (their logs say why); every process "
+                         f"must be able to read data.path={train_dir!r} and data.eval_path={eval_dir!r}")
+    if (everyone != everyone[0]).any():
+        seen = ", ".join(f"process {i}: {r[0]} train / {r[2]} eval examples, seq_len {r[1]}"
+                         for i, r in enumerate(everyone.tolist()))
+        raise ValueError(f"processes read different data (data.path={train_dir!r} on process {jax.process_index()}; "
+                         f"{seen}); every process must read the same dataset: copy it to every host or use "
+                         "shared storage")
+    return manifest
+
+
+def resolve_model(config: ml_collections.ConfigDict, manifest: dict, objectives: ObjectiveSet) -> ModelConfig:
+    values = config.model.to_dict()
+    if not values.get("vocab_size"):
+        values["vocab_size"] = int(manifest["vocab_size"])
+        with config.model.ignore_type():
+            config.model.vocab_size = values["vocab_size"]
+    values["causal"] = values.get("causal") or objectives.causal
+    model_cfg = ModelConfig.from_dict(values)
+    if manifest["vocab_size"] != model_cfg.vocab_size:
+        raise ValueError(f"data vocab size {manifest['vocab_size']} != model.vocab_size {model_cfg.vocab_size}; "
+                         "rebuild the data with the model's vocab or set --config.model.vocab_size=0")
+    return model_cfg
+
+
+def masking_config(config: ml_collections.ConfigDict, objectives: ObjectiveSet) -> MaskingConfig:
+    d = config.data
+    kind = objectives.masking
+    if kind == "mlm" and d.whole_word:
+        kind = "wwm"
+    return MaskingConfig(kind=kind, rate=d.mask_rate, mask_ratio=d.mask_ratio, random_ratio=d.random_ratio,
+                         keep_ratio=d.keep_ratio, max_predictions=d.max_predictions)
