@@ -235,3 +235,24 @@ def test_invalid_config_names_the_field():
         preset("tiny", num_heads=3)
     with pytest.raises(ValueError, match="position_embedding"):
         preset("tiny", position_embedding="alibi")
+
+
+def test_16bit_dropout_statistics_and_deterministic_equivalence():
+    from bert_jax.model.layers import Dropout16
+
+    x = jnp.ones((400, 1000))
+    y = Dropout16(0.1).apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(0)})
+    dropped = float((y == 0).mean())
+    assert abs(dropped - 0.1) < 0.002, dropped  # 400k draws: sd of the fraction ~0.0005
+    assert abs(float(y.mean()) - 1.0) < 0.003  # the kept values are scaled by 1 / (1 - rounded rate)
+    z = Dropout16(0.1).apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(1)})
+    assert not np.array_equal(np.asarray(y == 0), np.asarray(z == 0))
+    cfg = preset("tiny", vocab_size=100)
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 100, (2, 16)), jnp.int32)
+    params = BertForPreTraining(cfg).init(jax.random.PRNGKey(0), ids)
+    a = BertForPreTraining(cfg).apply(params, ids, deterministic=True)
+    b = BertForPreTraining(cfg.replace(dropout_bits=16)).apply(params, ids, deterministic=True)
+    np.testing.assert_array_equal(np.asarray(a.mlm_logits), np.asarray(b.mlm_logits))  # same params, same tree
+    train = BertForPreTraining(cfg.replace(dropout_bits=16)).apply(params, ids, deterministic=False,
+                                                                  rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(np.asarray(train.mlm_logits), np.asarray(a.mlm_logits))

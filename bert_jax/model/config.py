@@ -31,6 +31,9 @@ class ModelConfig:
     layer_norm_eps: float = 1e-12
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
+    # 16: dropout masks from 16 random bits per element (half of threefry's work for 32-bit draws), the rate
+    # rounded to a multiple of 1/65536 (0.1 -> 0.100006); 32: jax.random.bernoulli / nn.Dropout.
+    dropout_bits: int = 32
     initializer_range: float = 0.02
     causal: bool = False  # left-to-right attention (the paper's LTR ablation)
     dtype: str = "float32"  # compute dtype
@@ -50,6 +53,7 @@ class ModelConfig:
         check(self.activation in ACTIVATIONS, "activation", f"choose one of {ACTIVATIONS}")
         check(self.norm in NORM_PLACEMENTS, "norm", f"choose one of {NORM_PLACEMENTS}")
         check(self.remat_policy in REMAT_POLICIES, "remat_policy", f"choose one of {REMAT_POLICIES}")
+        check(self.dropout_bits in (16, 32), "dropout_bits", "choose 16 or 32")
         check(self.attention_impl in ("xla", "dot_product_attention"), "attention_impl",
               "choose 'xla' or 'dot_product_attention'")
         check(self.position_embedding != "rotary" or self.head_dim % 2 == 0, "position_embedding",

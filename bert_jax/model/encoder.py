@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.model.config import ModelConfig
-from bert_jax.model.layers import (LayerNorm, RelativePositionBias, TransformerLayer, attention_mask, dense,
+from bert_jax.model.layers import (LayerNorm, RelativePositionBias, TransformerLayer, attention_mask, dense, make_dropout,
                                    normal_init, sinusoidal_table)
 
 Array = jax.Array
@@ -49,7 +49,7 @@ class Embeddings(nn.Module):
                                      param_dtype=cfg.param_dtype,
                                      embedding_init=normal_init(cfg, ("position", embed_axis)))
         self.layer_norm = LayerNorm(cfg, axis_name=embed_axis)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = make_dropout(cfg, cfg.dropout_rate)
         if cfg.factorized:
             self.projection = dense(cfg, cfg.hidden_size, -1, ("embed_factor", "embed"), ("embed",), "projection")
 

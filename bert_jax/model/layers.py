@@ -180,11 +180,35 @@ class SelfAttention(nn.Module):
             scores = jnp.where(mask, scores, MASK_VALUE)
             probs = jax.nn.softmax(scores, axis=-1)
             if dropout > 0.0:
-                keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - dropout, probs.shape)
-                probs = jnp.where(keep, probs / (1.0 - dropout), 0.0)
+                probs = dropout_16bit(self, probs, dropout) if cfg.dropout_bits == 16 else jnp.where(
+                    jax.random.bernoulli(self.make_rng("dropout"), 1.0 - dropout, probs.shape),
+                    probs / (1.0 - dropout), 0.0)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.dtype), v)
         out = nn.with_logical_constraint(out, ("act_batch", "act_length", "act_heads", "act_kv"))
         return dense(cfg, cfg.hidden_size, (-2, -1), ("heads", "kv", "embed"), ("embed",), "out")(out)
+
+
+def dropout_16bit(module: nn.Module, x: Array, rate: float) -> Array:
+    """Dropout with a keep mask from 16-bit draws (`jax.random.bits(..., uint16)` runs threefry on half as many
+    32-bit words as `bernoulli`); the rate is rounded to k/65536 and the scale uses the rounded rate, so the
+    expectation is exact."""
+    threshold = int(round(rate * 65536))
+    keep = jax.random.bits(module.make_rng("dropout"), x.shape, jnp.uint16) >= jnp.uint16(threshold)
+    return jnp.where(keep, x / (1.0 - threshold / 65536), jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
+class Dropout16(nn.Module):
+    """nn.Dropout's interface over `dropout_16bit`."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        return x if deterministic or self.rate == 0.0 else dropout_16bit(self, x, self.rate)
+
+
+def make_dropout(cfg: ModelConfig, rate: float, **kwargs) -> nn.Module:
+    return Dropout16(rate, **kwargs) if cfg.dropout_bits == 16 else nn.Dropout(rate, **kwargs)
 
 
 class FeedForward(nn.Module):
@@ -211,7 +235,7 @@ class TransformerLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool) -> Array:
         cfg = self.config
-        drop = nn.Dropout(cfg.dropout_rate)
+        drop = make_dropout(cfg, cfg.dropout_rate)
         pre = cfg.norm == "pre"
         h = LayerNorm(cfg, name="attention_norm")(x) if pre else x
         h = SelfAttention(cfg, name="attention")(h, mask, bias, position_ids, deterministic)
