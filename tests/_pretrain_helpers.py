@@ -173,5 +173,44 @@ def _throttled_cli(seconds: float, argv: list[str]) -> int:
     return main(argv)
 
 
+
+def host_leaves(state):
+    import jax
+    import numpy as np
+
+    return jax.tree_util.tree_flatten_with_path(jax.tree.map(np.asarray, state))[0]
+
+
+def assert_states_identical(a, b):
+    """Same tree, dtypes, shapes and bytes, leaf by leaf (the failing path named)."""
+    import jax
+    import numpy as np
+
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for (path, x), (_, y) in zip(host_leaves(a), host_leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def resumed_step(output: str) -> int:
+    import re
+
+    match = re.search(r"resumed from \S+ at step (\d+)", output)
+    assert match, f"no 'resumed from' in the output:\n{output}"
+    return int(match.group(1))
+
+
+def build_small_data(cache: str) -> tuple[str, str, str]:
+    """(train dir, eval dir, vocab dir) of the small built-in corpus (`DATA`) under `cache`: eval is another
+    seed's documents tokenised with the training vocab."""
+    from bert_jax.data.builtin_corpus import prepare_builtin_dataset
+
+    d = DATA
+    common = dict(mode=d["mode"], seq_len=d["seq_len"], vocab_size=d["vocab_size"], log=lambda m: None)
+    train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=d["num_docs"], **common)
+    vocab = os.path.join(cache, f"vocab-v{d['vocab_size']}-docs{d['num_docs']}-seed0")
+    eval_dir = prepare_builtin_dataset(cache, seed=1, num_docs=200, vocab=vocab, **common)
+    return train_dir, eval_dir, vocab
+
 if __name__ == "__main__":
     sys.exit(_throttled_cli(float(sys.argv[1]), sys.argv[2:]))

@@ -25,15 +25,7 @@ LOSS_RTOL = 1e-5
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
     """(train dir, eval dir) of the small built-in corpus, built once per session."""
-    from bert_jax.data.builtin_corpus import prepare_builtin_dataset
-
-    cache = str(tmp_path_factory.mktemp("pretrain-data"))
-    d = h.DATA
-    common = dict(mode=d["mode"], seq_len=d["seq_len"], vocab_size=d["vocab_size"], log=lambda m: None)
-    train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=d["num_docs"], **common)
-    vocab = os.path.join(cache, f"vocab-v{d['vocab_size']}-docs{d['num_docs']}-seed0")
-    eval_dir = prepare_builtin_dataset(cache, seed=1, num_docs=200, vocab=vocab, **common)
-    return train_dir, eval_dir
+    return h.build_small_data(str(tmp_path_factory.mktemp("pretrain-data")))[:2]
 
 
 @pytest.fixture(scope="session")
@@ -59,19 +51,8 @@ def reference_run(data, tmp_path_factory):
     return workdir
 
 
-def host_leaves(state):
-    return jax.tree_util.tree_flatten_with_path(jax.tree.map(np.asarray, state))[0]
-
-
-def assert_states_identical(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), (_, y) in zip(host_leaves(a), host_leaves(b)):
-        assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
-        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-
-
 def assert_params_close(a, b, atol=1e-5):
-    for (path, x), (_, y) in zip(host_leaves(a["params"]), host_leaves(b["params"]), strict=True):
+    for (path, x), (_, y) in zip(h.host_leaves(a["params"]), h.host_leaves(b["params"]), strict=True):
         np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
@@ -81,11 +62,6 @@ def assert_same_losses(workdir_a, workdir_b, steps):
         for key in ("loss", "mlm_loss", "nsp_loss"):
             np.testing.assert_allclose(a[step][key], b[step][key], rtol=LOSS_RTOL, err_msg=f"{key} at step {step}")
 
-
-def resumed_step(output: str) -> int:
-    match = re.search(r"resumed from \S+ at step (\d+)", output)
-    assert match, f"no 'resumed from' in the output:\n{output}"
-    return int(match.group(1))
 
 
 def test_mlm_loss_falls(straight_run):
@@ -115,12 +91,12 @@ def test_killed_run_resumes_bit_identically(data, straight_run, compile_cache, t
 
     rc, output = h.run_pretrain(workdir, args, log_name="resume.txt", compile_cache=compile_cache)
     assert rc == 0, output
-    assert 8 <= resumed_step(output) < STEPS
+    assert 8 <= h.resumed_step(output) < STEPS
     step_a, state_a, iter_a = h.restore(straight_run[0])
     step_b, state_b, iter_b = h.restore(workdir)
     assert step_a == step_b == STEPS
     assert iter_a == iter_b and iter_a["batch"] == STEPS
-    assert_states_identical(state_a, state_b)
+    h.assert_states_identical(state_a, state_b)
 
 
 @pytest.mark.slow
@@ -141,7 +117,7 @@ def test_sigterm_saves_exits_zero_and_resumes(data, compile_cache, tmp_path):
 
     rc, output = h.run_pretrain(workdir, args, log_name="resume.txt", compile_cache=compile_cache)
     assert rc == 0, output
-    assert resumed_step(output) == saved
+    assert h.resumed_step(output) == saved
     assert re.search(rf"^final: .*step={STEPS}\b", output, re.M), output
     assert h.restore(workdir)[0] == STEPS
 
@@ -165,7 +141,7 @@ def test_resume_on_fewer_devices(data, reference_run, compile_cache, tmp_path):
         rc, output = h.run_pretrain(workdir, args, devices=devices, log_name=f"log-{devices}.txt",
                                     compile_cache=compile_cache)
         assert rc == 0, output
-        assert resumed_step(output) == steps - 3
+        assert h.resumed_step(output) == steps - 3
         assert re.search(rf"^final: .*step={steps}\b", output, re.M), output
     metrics = h.read_metrics(workdir)
     assert all(np.isfinite(metrics[s]["loss"]) and metrics[s]["nonfinite"] == 0 for s in range(start + 1, start + 7))

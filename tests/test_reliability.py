@@ -61,15 +61,7 @@ def run_faulty(workdir, args, fault, *, devices=8, compile_cache=None, log_name=
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """(train dir, eval dir) of the small built-in corpus, plus the vocab dir it was tokenised with."""
-    from bert_jax.data.builtin_corpus import prepare_builtin_dataset
-
-    cache = str(tmp_path_factory.mktemp("reliability-data"))
-    d = h.DATA
-    common = dict(mode=d["mode"], seq_len=d["seq_len"], vocab_size=d["vocab_size"], log=lambda m: None)
-    train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=d["num_docs"], **common)
-    vocab = os.path.join(cache, f"vocab-v{d['vocab_size']}-docs{d['num_docs']}-seed0")
-    eval_dir = prepare_builtin_dataset(cache, seed=1, num_docs=200, vocab=vocab, **common)
-    return train_dir, eval_dir, vocab
+    return h.build_small_data(str(tmp_path_factory.mktemp("reliability-data")))
 
 
 @pytest.fixture(scope="module")
@@ -91,23 +83,6 @@ def copy_dataset(source, target, **manifest_changes):
     with open(path, "w") as f:
         json.dump(manifest, f)
     return target
-
-
-def host_leaves(state):
-    return jax.tree_util.tree_flatten_with_path(jax.tree.map(np.asarray, state))[0]
-
-
-def assert_states_identical(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for (path, x), (_, y) in zip(host_leaves(a), host_leaves(b)):
-        assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
-        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-
-
-def resumed_step(output):
-    match = re.search(r"resumed from \S+ at step (\d+)", output)
-    assert match, f"no 'resumed from' in the output:\n{output}"
-    return int(match.group(1))
 
 
 def assert_one_line_error(err, *needles):
@@ -145,11 +120,11 @@ def test_killed_at_several_random_steps_resumes_bit_identically(data, compile_ca
         rc, output = run_faulty(workdir, args, {"kill_at": kill_at}, compile_cache=compile_cache, log_name=f"{i}.txt")
         assert rc == -signal.SIGKILL, output
         if i:
-            resumed.append(resumed_step(output))
+            resumed.append(h.resumed_step(output))
         assert KILL_STEPS not in ckpt.complete_steps(os.path.join(workdir, "checkpoints"))
     rc, output = h.run_pretrain(workdir, args, log_name="last.txt", compile_cache=compile_cache)
     assert rc == 0, output
-    resumed.append(resumed_step(output))
+    resumed.append(h.resumed_step(output))
     # Each resume starts from a checkpoint the killed run had committed, at most 2 steps (the interval) and
     # one in-flight save behind the kill.
     assert all(kill - 4 <= step <= kill for kill, step in zip(kills, resumed)), (kills, resumed)
@@ -158,7 +133,7 @@ def test_killed_at_several_random_steps_resumes_bit_identically(data, compile_ca
     step_b, state_b, iter_b = h.restore(workdir)
     assert step_a == step_b == KILL_STEPS
     assert iter_a == iter_b and iter_a["batch"] == KILL_STEPS
-    assert_states_identical(state_a, state_b)
+    h.assert_states_identical(state_a, state_b)
     losses_a, losses_b = h.read_metrics(straight), h.read_metrics(workdir)
     assert sorted(losses_b) == list(range(1, KILL_STEPS + 1))
     for step in range(1, KILL_STEPS + 1):
@@ -189,7 +164,7 @@ def test_corrupt_newest_checkpoints_in_a_workdir_are_skipped_and_kept(data, tmp_
 
     with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
         assert pretrain.main(argv) == 0
-    assert resumed_step(capsys.readouterr().out) == 2
+    assert h.resumed_step(capsys.readouterr().out) == 2
     assert f"skipping checkpoint {os.path.join(directory, '6')} (unreadable" in caplog.text
     assert f"skipping checkpoint {os.path.join(directory, '4')} (missing commit marker" in caplog.text
     # Nothing deleted: both damaged steps are in quarantine/ with their files, the truncated one included.
@@ -233,7 +208,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(data, tmp_path, ca
 
     monkeypatch.setattr(json_handler.JsonCheckpointHandler, "_save_fn", original)
     assert pretrain.main(argv) == 0
-    assert resumed_step(capsys.readouterr().out) == 2
+    assert h.resumed_step(capsys.readouterr().out) == 2
     assert ckpt.complete_steps(directory)[-1] == 4
 
 
@@ -265,7 +240,7 @@ def test_resume_on_other_device_counts_and_meshes_continues_the_losses(data, com
         rc, output = run_faulty(workdir, args, fault, devices=devices, compile_cache=compile_cache,
                                 log_name=f"{devices}.txt")
         assert rc == 0, output
-        assert resumed_step(output) == (4 if devices == 4 else 8)
+        assert h.resumed_step(output) == (4 if devices == 4 else 8)
     a, b = h.read_metrics(reference), h.read_metrics(workdir)
     assert sorted(b) == list(range(1, MOVE_STEPS + 1))
     for step in range(1, MOVE_STEPS + 1):
@@ -273,7 +248,7 @@ def test_resume_on_other_device_counts_and_meshes_continues_the_losses(data, com
             np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-4, err_msg=f"{key} at step {step}")
     (step_a, state_a, _), (step_b, state_b, _) = h.restore(reference), h.restore(workdir)
     assert step_a == step_b == MOVE_STEPS
-    for (path, x), (_, y) in zip(host_leaves(state_a["params"]), host_leaves(state_b["params"]), strict=True):
+    for (path, x), (_, y) in zip(h.host_leaves(state_a["params"]), h.host_leaves(state_b["params"]), strict=True):
         np.testing.assert_allclose(y, x, atol=1e-4, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
 
 
