@@ -202,6 +202,26 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()), "versions": versions}
 
 
+def pipeline_vs_step(shape: Shape, rows: list[dict], batches: int) -> dict:
+    """The masking input pipeline (bert_jax.data.pipeline, MLM 15%, one host thread) at this shape's batch and
+    seq against the bert_jax step's consumption in the same run: it must deliver >= 10x the batches/s."""
+    import tempfile
+
+    from pipeline_bench import measure_pipeline, write_random_dataset
+
+    from bert_jax.data.masking import MaskingConfig
+
+    ours = next((r for r in rows if r["framework"] == "bert_jax" and r["status"] == "ok"), None)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_random_dataset(os.path.join(tmp, "data"), num_examples=max(4 * shape.batch * batches, 2000),
+                                    seq_len=shape.seq, vocab_size=shape.vocab)
+        measured = measure_pipeline(data, shape.batch, shape.seq, steps=batches,
+                                    masking=MaskingConfig(max_predictions=shape.max_predictions))
+    consumed = 1.0 / ours["step_time_s_median"] if ours else float("nan")
+    return {"shape": shape.name, "pipeline_batches_per_s": measured["batches_per_s"],
+            "step_batches_per_s": consumed, "ratio": measured["batches_per_s"] / consumed, "detail": measured}
+
+
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'shape':<6} {'framework':<44} {'tok/s':>8} {'step s':>7} {'MFU':>6} {'x(ours)':>7} "
           f"{'compile s':>9} {'temp MiB':>8} {'loss0':>7}")
@@ -307,10 +327,16 @@ def main(argv=None) -> int:
     peak = matmul_peak_gflops(args.matmul_sizes, repeats=3 if args.quick else 5)
     peak_gflops = max(peak.values())
     print(f"matmul peak (fp32 jnp.dot, best of runs): {peak} GFLOP/s", flush=True)
-    rows = []
+    rows, pipelines = [], []
     with tempfile.TemporaryDirectory(prefix="bert_jax_bench_") as log_dir:
         for name in args.shapes:
-            rows.extend(time_shape(SHAPES[name], args, peak_gflops, peer_python, log_dir))
+            shape_rows = time_shape(SHAPES[name], args, peak_gflops, peer_python, log_dir)
+            rows.extend(shape_rows)
+            if not args.quick:
+                pipelines.append(pipeline_vs_step(SHAPES[name], shape_rows, batches=200))
+                p = pipelines[-1]
+                print(f"[{name}] input pipeline {p['pipeline_batches_per_s']:.0f} batches/s vs the step's "
+                      f"{p['step_batches_per_s']:.2f}: {p['ratio']:.0f}x", flush=True)
     env["loadavg_end"] = list(os.getloadavg())
     payload = {"benchmark": "train_step", **env, "matmul_peak_gflops": peak, "peak_gflops_used": peak_gflops,
                "settings": {"steps": args.steps, "warmup": args.warmup, "blocks": args.blocks, "seed": args.seed,
@@ -324,7 +350,7 @@ def main(argv=None) -> int:
                             "shapes": {n: dict(dataclasses.asdict(SHAPES[n]), max_predictions=SHAPES[n].max_predictions,
                                                masked_per_row=SHAPES[n].masked_per_row, pad_per_row=SHAPES[n].pad)
                                        for n in args.shapes}},
-               "rows": rows}
+               "rows": rows, "input_pipeline": pipelines}
     out = args.out or os.path.join(RESULTS_DIR, "train_step_quick.json" if args.quick else "train_step.json")
     write_json(out, payload)
     print_table(rows)
