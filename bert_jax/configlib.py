@@ -36,6 +36,13 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 
+def sibling_config(config_file: str, name: str, variant: str | None) -> ml_collections.ConfigDict:
+    """The config `name` (a file beside `config_file`) at `variant`: how derived presets (configs/albert.py, ...)
+    start from configs/pretrain.py."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    return load_config_file(f"{path}:{variant or ''}")
+
+
 def _parse_value(text: str, current: Any) -> Any:
     if isinstance(current, bool):
         if text.strip().lower() not in BOOL_WORDS:

@@ -4,18 +4,11 @@
 
 At CPU scale (tiny, mini) E is half the hidden width, since E=128 would not factorise a 128-wide model.
 """
-import os
-
-from bert_jax.configlib import load_config_file
-
-
-def _pretrain_config(variant):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-    return load_config_file(f"{path}:{variant or ''}")
+from bert_jax.configlib import sibling_config
 
 
 def get_config(arg=None):
-    c = _pretrain_config(arg)
+    c = sibling_config(__file__, "pretrain.py", arg)
     c.objectives = "mlm+sop"
     c.data.mode = "sentence-order"
     c.model.embedding_size = min(128, c.model.hidden_size // 2)

@@ -7,18 +7,11 @@ hard MLM loss; set the teacher (a pretraining workdir, a params file or a transf
 Variants as in configs/pretrain.py; at 'base' the student is DistilBERT's shape (6 layers of BERT-base).
 Hidden-state matching is off by default (--config.objective_options.distill.hidden_weight=1.0 turns it on).
 """
-import os
-
-from bert_jax.configlib import load_config_file
-
-
-def _pretrain_config(variant):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-    return load_config_file(f"{path}:{variant or ''}")
+from bert_jax.configlib import sibling_config
 
 
 def get_config(arg=None):
-    c = _pretrain_config(arg)
+    c = sibling_config(__file__, "pretrain.py", arg)
     c.objectives = "distill"
     c.objective_options.distill = dict(teacher="", temperature=2.0, soft_weight=1.0, hidden_weight=0.0,
                                        hard_weight=1.0)

@@ -7,19 +7,12 @@ Variants: 'small' (ELECTRA-Small: 12 layers, hidden 256, 4 heads, E=128, batch 1
 and every configs/pretrain.py variant (tiny, mini, base, large, ...) with ELECTRA's objective on top.
 Masked positions are [MASK] 85% of the time and kept 15% (ELECTRA's pretraining helpers; no random tokens).
 """
-import os
-
-from bert_jax.configlib import load_config_file
-
-
-def _pretrain_config(variant):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-    return load_config_file(f"{path}:{variant or ''}")
+from bert_jax.configlib import sibling_config
 
 
 def get_config(arg=None):
     small = arg == "small"
-    c = _pretrain_config("base" if small else arg)
+    c = sibling_config(__file__, "pretrain.py", "base" if small else arg)
     c.objectives = "electra"
     c.objective_options.electra = dict(generator_fraction=0.25, rtd_weight=50.0)
     c.data.mode = "full-sentences"

@@ -3,18 +3,11 @@
 
     bert-jax pretrain --config configs/roberta.py:base --workdir ...   (variants as in configs/pretrain.py)
 """
-import os
-
-from bert_jax.configlib import load_config_file
-
-
-def _pretrain_config(variant):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-    return load_config_file(f"{path}:{variant or ''}")
+from bert_jax.configlib import sibling_config
 
 
 def get_config(arg=None):
-    c = _pretrain_config(arg)
+    c = sibling_config(__file__, "pretrain.py", arg)
     c.objectives = "mlm"
     c.data.mode = "full-sentences"
     c.optimizer.b2 = 0.98

@@ -3,18 +3,11 @@ single contiguous segments, no NSP.
 
     bert-jax pretrain --config configs/spanbert.py:base --workdir ...   (variants as in configs/pretrain.py)
 """
-import os
-
-from bert_jax.configlib import load_config_file
-
-
-def _pretrain_config(variant):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain.py")
-    return load_config_file(f"{path}:{variant or ''}")
+from bert_jax.configlib import sibling_config
 
 
 def get_config(arg=None):
-    c = _pretrain_config(arg)
+    c = sibling_config(__file__, "pretrain.py", arg)
     c.objectives = "mlm+sbo"  # 'sbo' makes the run use span masking
     c.data.mode = "single"
     return c
