@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from bert_jax.data.shards import atomic_directory
 
 DEFAULT_NUM_DOCS = 6000  # about 3.5 MB of text
 DEFAULT_VOCAB_SIZE = 4096
@@ -200,22 +200,13 @@ def write_builtin_corpus(out_dir: str, num_docs: int = DEFAULT_NUM_DOCS, seed: i
     Returns the file paths. The directory appears only when complete (written aside, then renamed)."""
     marker = os.path.join(out_dir, "corpus.json")
     if not os.path.isfile(marker):
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".corpus.tmp-", dir=parent)
-        try:
+        with atomic_directory(out_dir, "corpus") as tmp:
             docs = generate_documents(num_docs, seed)
             for f, lo in enumerate(range(0, num_docs, DOCS_PER_FILE)):
                 with open(os.path.join(tmp, f"builtin-{f:05d}.txt"), "w", encoding="utf-8") as out:
                     out.write("\n".join("\n".join(doc) + "\n" for doc in docs[lo:lo + DOCS_PER_FILE]))
             with open(os.path.join(tmp, "corpus.json"), "w") as out:
                 json.dump({"num_docs": num_docs, "seed": seed}, out)
-            if os.path.isdir(out_dir):
-                shutil.rmtree(out_dir)
-            os.rename(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return sorted(os.path.join(out_dir, n) for n in os.listdir(out_dir) if n.endswith(".txt"))
 
 

@@ -14,6 +14,7 @@ Shards are memory-mapped on read, so opening a dataset costs nothing that grows 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,6 +59,23 @@ def write_json_atomic(path: str, obj: Any) -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(final: str, prefix: str):
+    """Yields a temporary directory beside `final`; on success it replaces `final` in one rename, on any error
+    it is removed, so readers only ever see a complete directory."""
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{prefix}.tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_shard(out_dir: str, index: int, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
     """Write one shard under a temporary name, then rename it into place (atomic on POSIX)."""
     n = len(arrays["input_ids"])
@@ -68,8 +86,7 @@ def write_shard(out_dir: str, index: int, arrays: Mapping[str, np.ndarray], meta
         if a.shape[0] != n or (per_token and a.shape != arrays["input_ids"].shape):
             raise DataError(f"shard {index}: field {name!r} has shape {a.shape}, expected [{n}{', L' if per_token else ''}]")
     final = os.path.join(out_dir, shard_name(index))
-    tmp = tempfile.mkdtemp(prefix=f".{shard_name(index)}.tmp-", dir=out_dir)
-    try:
+    with atomic_directory(final, shard_name(index)) as tmp:
         for name, (dtype, _) in FIELDS.items():
             with open(os.path.join(tmp, f"{name}.npy"), "wb") as f:
                 np.save(f, np.ascontiguousarray(arrays[name], dtype=dtype))
@@ -77,12 +94,6 @@ def write_shard(out_dir: str, index: int, arrays: Mapping[str, np.ndarray], meta
                 os.fsync(f.fileno())
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump({"examples": int(n), **meta}, f, indent=2, sort_keys=True)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
