@@ -59,13 +59,10 @@ def _unscanned(config: ModelConfig, params: dict) -> tuple[ModelConfig, dict]:
 
 
 def _from_workdir(path: str, step: int | None) -> PretrainedInit:
-    from bert_jax.train import checkpoint as ckpt
-    from bert_jax.train.export import model_config_from_saved, read_checkpoint_params
+    from bert_jax.train.export import model_config_from_saved, read_checkpoint
 
-    params, saved, step = read_checkpoint_params(path, step)
+    params, saved, manifest, step = read_checkpoint(path, step)
     config = model_config_from_saved(saved)
-    manager = ckpt.open_manager(os.path.join(path, "checkpoints"), async_save=False)
-    manifest = manager.restore(step, args=ckpt.ocp.args.Composite(manifest=ckpt.ocp.args.JsonRestore()))["manifest"]
     vocab = (manifest or {}).get("vocab_path")
     # Pretraining-only networks (ELECTRA's generator, a distillation projection) stay behind; the discriminator /
     # student is 'encoder' whatever the objective.

@@ -26,8 +26,9 @@ from bert_jax.train import checkpoint as ckpt
 HEAD_ALIASES = {"nsp_head": ("nsp_head", "sop_head")}
 
 
-def read_checkpoint_params(workdir: str, step: int | None = None) -> tuple[dict, dict, int]:
-    """(params, saved config, step) of a pretraining workdir's newest complete checkpoint (or `step`)."""
+def read_checkpoint(workdir: str, step: int | None = None) -> tuple[dict, dict, dict | None, int]:
+    """(params, saved config, data manifest, step) of a pretraining workdir's newest complete checkpoint (or
+    `step`), in one restore."""
     directory = os.path.join(workdir, "checkpoints")
     steps = ckpt.complete_steps(directory)
     if not steps:
@@ -42,8 +43,15 @@ def read_checkpoint_params(workdir: str, step: int | None = None) -> tuple[dict,
     one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), meta)
     restored = manager.restore(step, args=ckpt.ocp.args.Composite(
-        state=ckpt.ocp.args.StandardRestore(target), config=ckpt.ocp.args.JsonRestore()))
-    return jax.device_get(restored["state"]["params"]), restored["config"], step
+        state=ckpt.ocp.args.StandardRestore(target), config=ckpt.ocp.args.JsonRestore(),
+        manifest=ckpt.ocp.args.JsonRestore()))
+    return jax.device_get(restored["state"]["params"]), restored["config"], restored["manifest"], step
+
+
+def read_checkpoint_params(workdir: str, step: int | None = None) -> tuple[dict, dict, int]:
+    """(params, saved config, step): `read_checkpoint` without the manifest."""
+    params, config, _, step = read_checkpoint(workdir, step)
+    return params, config, step
 
 
 def model_config_from_saved(saved: dict) -> ModelConfig:
