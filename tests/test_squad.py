@@ -10,18 +10,20 @@ from bert_jax.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, save_vocab
 from bert_jax.finetune.squad import (
     SquadError,
     SquadExample,
+    featurize_squad,
+    max_context_window,
+    postprocess_squad,
+    read_squad,
+    window_starts,
+)
+from bert_jax.finetune.squad_eval import (
+    SquadMetricsError,
     best_null_threshold,
     exact_match,
     f1,
-    featurize_squad,
-    max_context_window,
     normalize_answer,
-    postprocess_squad,
-    read_squad,
     squad_metrics,
-    window_starts,
 )
-from bert_jax.finetune.squad_eval import SquadMetricsError
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 REAL_DEV = os.path.join(SHARED, "squad", "dev-v1.1.json")

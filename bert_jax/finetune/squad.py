@@ -16,14 +16,6 @@ from typing import Sequence
 
 import numpy as np
 
-from bert_jax.finetune.squad_eval import (  # noqa: F401  (re-exported: the task registry imports them from here)
-    best_null_threshold,
-    exact_match,
-    f1,
-    gold_answers,
-    normalize_answer,
-    squad_metrics,
-)
 
 
 class SquadError(ValueError):

@@ -78,7 +78,7 @@ def _squad_file(data_dir: str, split: str, version: str, options: dict) -> str:
 
 
 def _squad_task(version: str, options: dict) -> Task:
-    from bert_jax.finetune import squad
+    from bert_jax.finetune import squad, squad_eval
 
     version_2 = version == "2.0"
 
@@ -91,16 +91,16 @@ def _squad_task(version: str, options: dict) -> Task:
                                      max_query_len=options.get("max_query_len", 64), training=training)
 
     def evaluate(examples, features, outputs):
-        predictions, null_odds = squad.postprocess_squad(
+        # One n-best search, never blanked; v2 then blanks where the no-answer score wins by the threshold,
+        # and tunes the threshold on the same never-blanked predictions (as evaluate-v2.0's best_f1).
+        always, null_odds = squad.postprocess_squad(
             examples, features, outputs["start_logits"], outputs["end_logits"], n_best=options.get("n_best", 20),
-            max_answer_len=options.get("max_answer_len", 30), version_2=version_2,
-            null_threshold=options.get("null_threshold", 0.0))
-        metrics = squad.squad_metrics(examples, predictions)
-        if version_2:  # tune the no-answer threshold on never-blanked predictions (as evaluate-v2.0's best_f1)
-            always, odds = squad.postprocess_squad(
-                examples, features, outputs["start_logits"], outputs["end_logits"], n_best=options.get("n_best", 20),
-                max_answer_len=options.get("max_answer_len", 30), version_2=True, null_threshold=float("inf"))
-            metrics["best_f1"], metrics["best_f1_threshold"] = squad.best_null_threshold(examples, always, odds)
+            max_answer_len=options.get("max_answer_len", 30), version_2=version_2, null_threshold=float("inf"))
+        threshold = options.get("null_threshold", 0.0)
+        predictions = {qid: "" if version_2 and null_odds[qid] > threshold else text for qid, text in always.items()}
+        metrics = squad_eval.squad_metrics(examples, predictions)
+        if version_2:
+            metrics["best_f1"], metrics["best_f1_threshold"] = squad_eval.best_null_threshold(examples, always, null_odds)
         return metrics
 
     return Task(name=f"squad/v{version}", kind="span", num_labels=2, metric="f1", eval_splits=("dev",),

@@ -115,7 +115,7 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
                 widths: tuple[int, ...], eval_each_epoch: bool = False, log: Callable[[str], None] = print,
                 progress: bool = False, step_cache: dict | None = None) -> dict:
     """Train one setting; returns {'setting', 'epochs': [{'epoch', 'train_loss', <split>: metrics}], 'final':
-    {split: metrics}, 'loaded', 'seconds', 'steps', 'params' and 'eval_step' (to predict other splits)}."""
+    {split: metrics}, 'loaded', 'seconds', 'steps'}."""
     key = jax.random.key(setting.seed)
     example = model_inputs(next(iterate_batches(train, setting.batch_size, widths)))
     fresh = model.init({"params": jax.random.fold_in(key, 0), "dropout": key}, example, deterministic=True)
@@ -158,8 +158,7 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
         bar.close()
     return {"setting": dataclasses.asdict(setting), "epochs": history,
             "final": {split: history[-1][split] for split in evals}, "loaded": dataclasses.asdict(report),
-            "seconds": time.perf_counter() - start, "steps": total, "params": params,
-            "eval_step": eval_step}
+            "seconds": time.perf_counter() - start, "steps": total}
 
 
 def _short(metrics) -> str:
