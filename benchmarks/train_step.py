@@ -162,6 +162,8 @@ def time_shape(shape: Shape, args, peak_gflops: float, peer_python: dict, log_di
             times.extend(got)
             medians.append(float(np.median(got)))
             print(f"[{shape.name}] block {block + 1}/{args.blocks} {name}: median {medians[-1]:.3f}s/step", flush=True)
+    if args.profile:
+        profile_bert_jax(shape, runners, args.profile, args.profile_steps)
     for name, (runner, times, medians) in runners.items():
         runner.close()
         median = float(np.median(times))
@@ -177,6 +179,20 @@ def time_shape(shape: Shape, args, peak_gflops: float, peer_python: dict, log_di
         if base is not None and row["status"] == "ok" and row is not base:
             row["bert_jax_speedup"] = base["tokens_per_s"] / row["tokens_per_s"]
     return rows
+
+
+def profile_bert_jax(shape: Shape, runners: dict, out_dir: str, steps: int) -> None:
+    """`steps` more steps of each warm bert_jax row under `jax.profiler.trace`: one TensorBoard/Perfetto trace
+    per row in out_dir/<shape>-<row>/ (peers are not traced; they run in other processes or frameworks)."""
+    import jax
+
+    for name, (runner, _, _) in runners.items():
+        if not name.startswith("bert_jax"):
+            continue
+        trace_dir = os.path.join(out_dir, f"{shape.name}-{name}")
+        with jax.profiler.trace(trace_dir):
+            runner.run(steps)
+        print(f"[{shape.name}] {name}: profiler trace of {steps} steps -> {trace_dir}", flush=True)
 
 
 def environment() -> dict:
@@ -248,6 +264,9 @@ def parse_args(argv):
                    help="extra bert_jax row with ModelConfig overrides, e.g. scan_layers=True,remat_policy=dots")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="after timing, trace more steps of each bert_jax row with jax.profiler into DIR")
+    p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--matmul-sizes", default="2048,4096")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_step*.json)")
     p.add_argument("--quick", action="store_true", help="tiny shape, 3 steps, torch peer only (1 thread)")

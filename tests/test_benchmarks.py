@@ -44,8 +44,9 @@ def test_inputs_follow_the_spec():
 def test_quick_run_writes_the_schema_and_sane_losses(tmp_path):
     out = tmp_path / "quick.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one plain CPU device, as a user runs it
-    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--out", str(out)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+    traces = tmp_path / "traces"
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--out", str(out), "--profile", str(traces),
+                           "--profile-steps", "1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     for key in ("date", "device", "cpu_count", "versions", "loadavg_start", "loadavg_end", "matmul_peak_gflops",
@@ -72,6 +73,9 @@ def test_quick_run_writes_the_schema_and_sane_losses(tmp_path):
     # One model-FLOPs count for both; the peer's executed count has the vocab projection at every position.
     assert rows["torch"]["model_flops_per_step"] == ours["model_flops_per_step"]
     assert rows["torch"]["executed_flops_per_step"] > ours["model_flops_per_step"]
+    # --profile: a jax.profiler trace of the bert_jax row (TensorBoard's profile plugin / Perfetto read it).
+    written = [os.path.join(d, f) for d, _, files in os.walk(traces / "tiny-bert_jax") for f in files]
+    assert any(f.endswith(".xplane.pb") and os.path.getsize(f) > 0 for f in written), written
 
 
 def test_bad_arguments_are_one_line_errors():

@@ -256,3 +256,28 @@ def test_16bit_dropout_statistics_and_deterministic_equivalence():
     train = BertForPreTraining(cfg.replace(dropout_bits=16)).apply(params, ids, deterministic=False,
                                                                   rngs={"dropout": jax.random.PRNGKey(2)})
     assert not np.allclose(np.asarray(train.mlm_logits), np.asarray(a.mlm_logits))
+
+
+@pytest.mark.parametrize("bits", [32, 16])
+def test_attention_dropout_per_element_or_shared_across_examples_and_heads(bits):
+    import flax.linen as nn
+    from bert_jax.model.config import ModelConfig
+    from bert_jax.model.layers import attention_dropout
+
+    class Drop(nn.Module):
+        cfg: ModelConfig
+
+        @nn.compact
+        def __call__(self, probs):
+            return attention_dropout(self, probs, 0.1, self.cfg)
+
+    probs = jnp.ones((3, 4, 64, 64))
+    rngs = {"dropout": jax.random.PRNGKey(0)}
+    cfg = preset("tiny", vocab_size=100).replace(dropout_bits=bits)
+    for broadcast in (False, True):
+        out = np.asarray(Drop(cfg.replace(attention_dropout_broadcast=broadcast)).apply({}, probs, rngs=rngs))
+        dropped = out == 0
+        assert abs(dropped.mean() - 0.1) < 0.02, dropped.mean()
+        np.testing.assert_allclose(out[~dropped], 1.0 / 0.9, rtol=1e-4)
+        same_everywhere = all(np.array_equal(dropped[b, h], dropped[0, 0]) for b in range(3) for h in range(4))
+        assert same_everywhere == broadcast

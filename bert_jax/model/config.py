@@ -34,6 +34,10 @@ class ModelConfig:
     # 16: dropout masks from 16 random bits per element (half of threefry's work for 32-bit draws), the rate
     # rounded to a multiple of 1/65536 (0.1 -> 0.100006); 32: jax.random.bernoulli / nn.Dropout.
     dropout_bits: int = 32
+    # True: one attention-dropout mask per layer of shape [Q, K], shared by every example and head (flax's
+    # dot_product_attention_weights default, which transformers' FlaxBert uses); False: BERT's per-element
+    # dropout of the attention probabilities (google-research/bert, transformers' PyTorch BERT).
+    attention_dropout_broadcast: bool = False
     initializer_range: float = 0.02
     causal: bool = False  # left-to-right attention (the paper's LTR ablation)
     dtype: str = "float32"  # compute dtype

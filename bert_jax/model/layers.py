@@ -180,20 +180,28 @@ class SelfAttention(nn.Module):
             scores = jnp.where(mask, scores, MASK_VALUE)
             probs = jax.nn.softmax(scores, axis=-1)
             if dropout > 0.0:
-                probs = dropout_16bit(self, probs, dropout) if cfg.dropout_bits == 16 else jnp.where(
-                    jax.random.bernoulli(self.make_rng("dropout"), 1.0 - dropout, probs.shape),
-                    probs / (1.0 - dropout), 0.0)
+                probs = attention_dropout(self, probs, dropout, cfg)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.dtype), v)
         out = nn.with_logical_constraint(out, ("act_batch", "act_length", "act_heads", "act_kv"))
         return dense(cfg, cfg.hidden_size, (-2, -1), ("heads", "kv", "embed"), ("embed",), "out")(out)
 
 
-def dropout_16bit(module: nn.Module, x: Array, rate: float) -> Array:
+def attention_dropout(module: nn.Module, probs: Array, rate: float, cfg: ModelConfig) -> Array:
+    """Dropout of the attention probabilities [B, heads, Q, K], per element or with one [Q, K] mask shared
+    across examples and heads (`attention_dropout_broadcast`, B x heads times fewer random draws)."""
+    shape = (1, 1) + probs.shape[2:] if cfg.attention_dropout_broadcast else probs.shape
+    if cfg.dropout_bits == 16:
+        return dropout_16bit(module, probs, rate, shape)
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, shape)
+    return jnp.where(keep, probs / (1.0 - rate), 0.0)
+
+
+def dropout_16bit(module: nn.Module, x: Array, rate: float, mask_shape: tuple | None = None) -> Array:
     """Dropout with a keep mask from 16-bit draws (`jax.random.bits(..., uint16)` runs threefry on half as many
     32-bit words as `bernoulli`); the rate is rounded to k/65536 and the scale uses the rounded rate, so the
-    expectation is exact."""
+    expectation is exact. `mask_shape` (broadcastable to x) shares one mask along its unit dimensions."""
     threshold = int(round(rate * 65536))
-    keep = jax.random.bits(module.make_rng("dropout"), x.shape, jnp.uint16) >= jnp.uint16(threshold)
+    keep = jax.random.bits(module.make_rng("dropout"), mask_shape or x.shape, jnp.uint16) >= jnp.uint16(threshold)
     return jnp.where(keep, x / (1.0 - threshold / 65536), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
