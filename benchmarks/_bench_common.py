@@ -87,3 +87,4 @@ class Runner:
     info: dict
     run: object
     close: object
+    hlo_text: object = None  # () -> the compiled step's HLO text (bert_jax rows; --profile saves it beside the trace)

@@ -96,7 +96,7 @@ def start_bert_jax(shape: Shape, overrides: dict, seed: int, inputs: dict) -> Ru
                 info["mlm_loss0"] = float(host["sum/mlm_loss"]) / max(float(host["count/mlm_loss"]), 1.0)
         return times, float(metrics["loss"]) if metrics is not None else math.nan
 
-    return Runner(variant_name(overrides), info, run, lambda: holder.clear())
+    return Runner(variant_name(overrides), info, run, lambda: holder.clear(), compiled.as_text)
 
 
 def variant_name(overrides: dict) -> str:

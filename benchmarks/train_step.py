@@ -190,6 +190,9 @@ def profile_bert_jax(shape: Shape, runners: dict, out_dir: str, steps: int) -> N
         if not name.startswith("bert_jax"):
             continue
         trace_dir = os.path.join(out_dir, f"{shape.name}-{name}")
+        os.makedirs(trace_dir, exist_ok=True)
+        with open(os.path.join(trace_dir, "step.hlo.txt"), "w") as f:  # op names -> source (profile_summary.py)
+            f.write(runner.hlo_text())
         with jax.profiler.trace(trace_dir):
             runner.run(steps)
         print(f"[{shape.name}] {name}: profiler trace of {steps} steps -> {trace_dir}", flush=True)

@@ -281,3 +281,36 @@ def test_attention_dropout_per_element_or_shared_across_examples_and_heads(bits)
         np.testing.assert_allclose(out[~dropped], 1.0 / 0.9, rtol=1e-4)
         same_everywhere = all(np.array_equal(dropped[b, h], dropped[0, 0]) for b in range(3) for h in range(4))
         assert same_everywhere == broadcast
+
+
+def test_weighted_cross_entropy_matches_numpy_and_its_gradient_is_softmax_minus_onehot():
+    from bert_jax.objectives.base import weighted_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 50)).astype(np.float32) * 4
+    targets = rng.integers(0, 50, (3, 5))
+    targets[0, 0] = logits[0, 0].argmax()  # at least one correct prediction
+    weights = (rng.random((3, 5)) > 0.3).astype(np.float32)
+    loss, correct = weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    m = logits.max(-1, keepdims=True)
+    log_p = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(loss), (nll * weights).sum(), rtol=1e-5)
+    assert float(correct) == ((logits.argmax(-1) == targets) * weights).sum()
+    grad = jax.grad(lambda x: weighted_cross_entropy(x, jnp.asarray(targets), jnp.asarray(weights))[0])(
+        jnp.asarray(logits))
+    expected = (np.exp(log_p) - np.eye(50)[targets]) * weights[..., None]
+    np.testing.assert_allclose(np.asarray(grad), expected, atol=1e-6)
+
+
+def test_vocab_bias_add_has_the_gradients_of_plus():
+    from bert_jax.model.heads import add_vocab_bias
+
+    rng = np.random.default_rng(1)
+    x, b = jnp.asarray(rng.normal(size=(4, 3, 37)), jnp.float32), jnp.asarray(rng.normal(size=37), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(4, 3, 37)), jnp.float32)
+    ours = jax.grad(lambda x, b: jnp.sum(jnp.sin(add_vocab_bias(x, b)) * w), argnums=(0, 1))(x, b)
+    plain = jax.grad(lambda x, b: jnp.sum(jnp.sin(x + b) * w), argnums=(0, 1))(x, b)
+    np.testing.assert_array_equal(np.asarray(add_vocab_bias(x, b)), np.asarray(x + b))
+    for a, e in zip(ours, plain):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)

@@ -16,6 +16,26 @@ def gather_positions(sequence: Array, positions: Array) -> Array:
     return jnp.take_along_axis(sequence, positions[:, :, None].astype(jnp.int32), axis=1)
 
 
+@jax.custom_vjp
+def add_vocab_bias(logits: Array, bias: Array) -> Array:
+    """logits + bias over the last (vocab) axis. The same values and gradients as `+`; the bias gradient is a
+    contraction with ones instead of XLA's reduce over the leading axes, which XLA:CPU runs ~40x slower on a
+    [batch, predictions, 30522] array (benchmarks/NOTES.md, section 14)."""
+    return logits + bias
+
+
+def _add_vocab_bias_fwd(logits, bias):
+    return logits + bias, None
+
+
+def _add_vocab_bias_bwd(_, g):
+    ones = jnp.ones(g.shape[:-1], g.dtype)
+    return g, jnp.tensordot(ones, g, axes=g.ndim - 1)
+
+
+add_vocab_bias.defvjp(_add_vocab_bias_fwd, _add_vocab_bias_bwd)
+
+
 class MLMHead(nn.Module):
     """BERT's masked-LM head: dense + GELU + LayerNorm, then the decoder tied to the token embeddings + bias.
 
@@ -36,7 +56,7 @@ class MLMHead(nn.Module):
         h = LayerNorm(cfg, axis_name=out_axis, name="layer_norm")(h)
         logits = attend(h)
         bias = self.param("bias", zeros_init(("vocab",)), (cfg.vocab_size,), cfg.param_dtype)
-        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+        return add_vocab_bias(logits.astype(jnp.float32), bias.astype(jnp.float32))
 
 
 class Pooler(nn.Module):

@@ -221,11 +221,17 @@ class PretrainModel(nn.Module):
 
 
 def weighted_cross_entropy(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:
-    """Sums of -log p(target) * weight and of correct * weight, in float32."""
+    """Sums of -log p(target) * weight and of correct * weight, in float32.
+
+    Correct means the target's logit is the largest (a tie counts as correct, where argmax would pick the lower
+    index): a max reduction instead of argmax, whose (value, index) reduction XLA:CPU runs ~90x slower over a
+    30522-wide vocab (benchmarks/NOTES.md, section 14)."""
     logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
+    top = jnp.max(logits, axis=-1)
+    shifted = jax.lax.stop_gradient(top)
+    log_z = shifted + jnp.log(jnp.sum(jnp.exp(logits - shifted[..., None]), axis=-1))
     target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     weights = weights.astype(jnp.float32)
     loss = jnp.sum((log_z - target_logit) * weights)
-    correct = jnp.sum((jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights)
+    correct = jnp.sum((target_logit >= top).astype(jnp.float32) * weights)
     return loss, correct
