@@ -33,10 +33,10 @@ def test_table5_variants_objectives_and_shared_pretraining():
     assert grid.variant("+ BiLSTM").finetune == {"variant": "bilstm"}
     runs = runner.pretraining_runs(grid)
     assert [r.variants for r in runs] == [("BERT_BASE",), ("No NSP",), ("LTR & No NSP", "+ BiLSTM")]
-    # Mini sizes: hidden / 8, same layers and heads.
+    # Mini sizes: layers / 3, hidden / 4, same heads.
     o = overrides(grid, "BERT_BASE")
     assert (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"], o["model.intermediate_size"]) == \
-        (12, 96, 12, 384)
+        (4, 192, 12, 768)
     assert [c.key for c in grid.columns] == ["MNLI-m", "QNLI", "MRPC", "SST-2", "SQuAD", "CoLA"]
     assert [c.key for c in grids.table5("paper").columns] == ["MNLI-m", "QNLI", "MRPC", "SST-2", "SQuAD"]
     assert grids.table5("paper").pretrain_overrides(grid.variant("BERT_BASE"))["model.hidden_size"] == 768
@@ -49,7 +49,8 @@ def test_table6_sizes_keep_the_papers_ratios():
     for variant in grid.variants:
         layers, hidden, heads = variant.size
         o = grid.pretrain_overrides(variant)
-        assert (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"]) == (layers, hidden // 8, heads)
+        assert (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"]) == \
+            (max(1, layers // 3), hidden // 4, heads)
         assert o["model.hidden_size"] % o["model.num_heads"] == 0
     assert len(runner.pretraining_runs(grid)) == 6
     assert grid.columns[0].task == grids.PERPLEXITY and grid.plot == "table6"
@@ -285,7 +286,7 @@ def test_table_writer_on_recorded_results(tmp_path):
     assert bert[2] == "n/a (no train set)" and bert[3] == "84.4"  # MNLI-m: ours n/a beside the paper's
     assert bert[6] == "53.0 ± 1.5 (3 seeds)" and bert[7] == "86.7"  # MRPC: median ± half-range beside 86.7
     assert bert[-1] == "– |"  # CoLA: no paper number
-    assert "12/768/12 -> 12/96/12" in md and "+ BiLSTM fine-tunes LTR & No NSP's pretrained model" in md
+    assert "12/768/12 -> 4/192/12" in md and "+ BiLSTM fine-tunes LTR & No NSP's pretrained model" in md
     rows = list(csv.DictReader(io.StringIO(open(paths["csv"]).read())))
     assert [r["variant"] for r in rows] == [v.name for v in grid.variants]
     assert rows[3]["SQuAD paper"] == "84.9" and rows[3]["QNLI status"] == "n/a (no train set)"
