@@ -156,7 +156,8 @@ def _loss_and_grads(cfg, params, batch, dropout_key=None):
 
 
 @pytest.mark.parametrize("variant", [dict(scan_layers=True), dict(remat_policy="full"), dict(remat_policy="dots"),
-                                     dict(scan_layers=True, remat_policy="dots_no_batch")])
+                                     dict(scan_layers=True, remat_policy="dots_no_batch"),
+                                     dict(scan_layers=True, remat_policy="save_qkv_out")])
 def test_scan_and_remat_equal_the_plain_stack(variant):
     cfg = CFG.replace(num_layers=3)
     batch = random_batch()
@@ -174,6 +175,30 @@ def test_scan_and_remat_equal_the_plain_stack(variant):
     l1, _ = _loss_and_grads(other, other_params, batch, key)
     l2, _ = _loss_and_grads(other, other_params, batch, key)
     assert l1 == l2 and l1 != loss
+
+
+def test_save_qkv_out_keeps_the_projection_and_full_keeps_nothing():
+    """The policies differ in what the backward pass reads back: the residuals jax saves between the forward and
+    backward of a scanned, rematerialised stack (save_qkv_out: the tagged [B, L, 3, heads, hd] per layer)."""
+    from jax._src.ad_checkpoint import saved_residuals  # what jax.ad_checkpoint.print_saved_residuals prints
+
+    cfg = CFG.replace(num_layers=3, scan_layers=True)
+    batch = random_batch()
+    params = to_scanned(unbox(BertForPreTraining(cfg).init(jax.random.key(0), batch[0])))
+    ids, types, mask = batch
+
+    def shapes(policy):
+        model = BertForPreTraining(cfg.replace(remat_policy=policy))
+
+        def loss(p):
+            out = model.apply(p, ids, types, mask, deterministic=True)
+            return jnp.mean(out.mlm_logits ** 2)
+
+        return [tuple(aval.shape) for aval, _ in saved_residuals(loss, params)]
+
+    qkv = (3, ids.shape[0], ids.shape[1], 3, cfg.num_heads, cfg.head_dim)  # stacked over the 3 scanned layers
+    assert qkv in shapes("save_qkv_out")
+    assert qkv not in shapes("full")
 
 
 def test_scan_conversion_round_trip():

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from bert_jax.model.config import ModelConfig
 
@@ -162,6 +163,7 @@ class SelfAttention(nn.Module):
         # One fused projection for q, k and v: one matmul instead of three.
         qkv = dense(cfg, (3, cfg.num_heads, cfg.head_dim), -1, ("embed", "qkv", "heads", "kv"),
                     ("qkv", "heads", "kv"), "qkv")(x)
+        qkv = checkpoint_name(qkv, "qkv_out")  # what remat_policy=save_qkv_out keeps for the backward pass
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cfg.position_embedding == "rotary":
             q = apply_rotary(q, position_ids, cfg.rotary_base)
