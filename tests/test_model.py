@@ -263,7 +263,10 @@ def test_invalid_config_names_the_field():
 
 
 def test_16bit_dropout_statistics_and_deterministic_equivalence():
-    from bert_jax.model.layers import Dropout16
+    from bert_jax.model.dropout import Dropout as Dropout16bits
+
+    def Dropout16(rate):
+        return Dropout16bits(rate, "jax", 16)
 
     x = jnp.ones((400, 1000))
     y = Dropout16(0.1).apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(0)})
@@ -283,11 +286,11 @@ def test_16bit_dropout_statistics_and_deterministic_equivalence():
     assert not np.allclose(np.asarray(train.mlm_logits), np.asarray(a.mlm_logits))
 
 
-@pytest.mark.parametrize("bits", [32, 16])
-def test_attention_dropout_per_element_or_shared_across_examples_and_heads(bits):
+@pytest.mark.parametrize("rng,bits", [("jax", 32), ("jax", 16), ("fused", 32)])
+def test_attention_dropout_per_element_or_shared_across_examples_and_heads(rng, bits):
     import flax.linen as nn
     from bert_jax.model.config import ModelConfig
-    from bert_jax.model.layers import attention_dropout
+    from bert_jax.model.dropout import attention_dropout
 
     class Drop(nn.Module):
         cfg: ModelConfig
@@ -298,7 +301,7 @@ def test_attention_dropout_per_element_or_shared_across_examples_and_heads(bits)
 
     probs = jnp.ones((3, 4, 64, 64))
     rngs = {"dropout": jax.random.PRNGKey(0)}
-    cfg = preset("tiny", vocab_size=100).replace(dropout_bits=bits)
+    cfg = preset("tiny", vocab_size=100).replace(dropout_bits=bits, dropout_rng=rng)
     for broadcast in (False, True):
         out = np.asarray(Drop(cfg.replace(attention_dropout_broadcast=broadcast)).apply({}, probs, rngs=rngs))
         dropped = out == 0
@@ -339,3 +342,53 @@ def test_vocab_bias_add_has_the_gradients_of_plus():
     np.testing.assert_array_equal(np.asarray(add_vocab_bias(x, b)), np.asarray(x + b))
     for a, e in zip(ours, plain):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_threefry_is_jaxs_threefry_bit_for_bit():
+    from jax.extend.random import threefry_2x32
+
+    from bert_jax.model.dropout import threefry2x32
+
+    key = jax.random.key_data(jax.random.PRNGKey(42))
+    counts = np.arange(4000, dtype=np.uint32) * np.uint32(2654435761)  # spread over the 32-bit range
+    ours = threefry2x32(key[0], key[1], jnp.asarray(counts[:2000]), jnp.asarray(counts[2000:]))
+    np.testing.assert_array_equal(np.concatenate([np.asarray(o) for o in ours]), np.asarray(threefry_2x32(key, counts)))
+
+
+def test_fused_dropout_rate_keys_and_sharding_invariance():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from bert_jax.model.dropout import apply_dropout, fused_bits
+
+    x = jnp.ones((8, 4, 64, 96))
+    key = jax.random.PRNGKey(0)
+    y = np.asarray(jax.jit(lambda x, k: apply_dropout(x, k, 0.1, None, "fused", 32))(x, key))
+    dropped = y == 0
+    assert abs(dropped.mean() - 0.1) < 0.003, dropped.mean()  # 196k draws: sd of the fraction ~0.0007
+    np.testing.assert_allclose(y[~dropped], 1 / 0.9, rtol=1e-6)
+    # Rows, heads and positions get different masks; another key another mask; the same key the same mask.
+    assert not np.array_equal(dropped[0], dropped[1]) and not np.array_equal(dropped[0, 0], dropped[0, 1])
+    again = np.asarray(fused_bits(key, x.shape))
+    assert np.array_equal(again, np.asarray(fused_bits(key, x.shape)))
+    assert not np.array_equal(again, np.asarray(fused_bits(jax.random.PRNGKey(1), x.shape)))
+    # The bits are a function of the element's index only: the same under any sharding of the computation.
+    mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    sharded = jax.jit(lambda k: fused_bits(k, x.shape),
+                      out_shardings=NamedSharding(mesh, P("a", "b")))(key)
+    assert len(sharded.sharding.device_set) == 8
+    np.testing.assert_array_equal(np.asarray(sharded), again)
+
+
+def test_dropout_rng_changes_masks_not_the_deterministic_model():
+    cfg = preset("tiny", vocab_size=100)
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 100, (2, 16)), jnp.int32)
+    params = BertForPreTraining(cfg).init(jax.random.PRNGKey(0), ids)
+    fused = BertForPreTraining(cfg.replace(dropout_rng="fused"))
+    np.testing.assert_array_equal(np.asarray(fused.apply(params, ids, deterministic=True).mlm_logits),
+                                  np.asarray(BertForPreTraining(cfg).apply(params, ids, deterministic=True).mlm_logits))
+    rngs = {"dropout": jax.random.PRNGKey(2)}
+    a = fused.apply(params, ids, deterministic=False, rngs=rngs).mlm_logits
+    b = BertForPreTraining(cfg).apply(params, ids, deterministic=False, rngs=rngs).mlm_logits
+    assert not np.allclose(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(fused.apply(params, ids, deterministic=False,
+                                                                          rngs=rngs).mlm_logits))

@@ -34,6 +34,9 @@ class ModelConfig:
     # 16: dropout masks from 16 random bits per element (half of threefry's work for 32-bit draws), the rate
     # rounded to a multiple of 1/65536 (0.1 -> 0.100006); 32: jax.random.bernoulli / nn.Dropout.
     dropout_bits: int = 32
+    # Mask generator: "jax" (jax.random: threefry, which XLA:CPU runs as a rolled loop over memory) or "fused"
+    # (the same Threefry-2x32 hash written out so XLA fuses it into the masking op; bert_jax/model/dropout.py).
+    dropout_rng: str = "jax"
     # True: one attention-dropout mask per layer of shape [Q, K], shared by every example and head (flax's
     # dot_product_attention_weights default, which transformers' FlaxBert uses); False: BERT's per-element
     # dropout of the attention probabilities (google-research/bert, transformers' PyTorch BERT).
@@ -58,6 +61,7 @@ class ModelConfig:
         check(self.norm in NORM_PLACEMENTS, "norm", f"choose one of {NORM_PLACEMENTS}")
         check(self.remat_policy in REMAT_POLICIES, "remat_policy", f"choose one of {REMAT_POLICIES}")
         check(self.dropout_bits in (16, 32), "dropout_bits", "choose 16 or 32")
+        check(self.dropout_rng in ("jax", "fused"), "dropout_rng", "choose jax or fused")
         check(self.attention_impl in ("xla", "dot_product_attention"), "attention_impl",
               "choose 'xla' or 'dot_product_attention'")
         check(self.position_embedding != "rotary" or self.head_dim % 2 == 0, "position_embedding",

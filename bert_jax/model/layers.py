@@ -15,6 +15,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from bert_jax.model.config import ModelConfig
+from bert_jax.model.dropout import attention_dropout, make_dropout  # noqa: F401  (encoder.py imports make_dropout here)
 
 Array = jax.Array
 MASK_VALUE = -1e9  # finite, so rows with nothing to attend to (all-padding rows) give a uniform softmax, not NaN
@@ -186,39 +187,6 @@ class SelfAttention(nn.Module):
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.dtype), v)
         out = nn.with_logical_constraint(out, ("act_batch", "act_length", "act_heads", "act_kv"))
         return dense(cfg, cfg.hidden_size, (-2, -1), ("heads", "kv", "embed"), ("embed",), "out")(out)
-
-
-def attention_dropout(module: nn.Module, probs: Array, rate: float, cfg: ModelConfig) -> Array:
-    """Dropout of the attention probabilities [B, heads, Q, K], per element or with one [Q, K] mask shared
-    across examples and heads (`attention_dropout_broadcast`, B x heads times fewer random draws)."""
-    shape = (1, 1) + probs.shape[2:] if cfg.attention_dropout_broadcast else probs.shape
-    if cfg.dropout_bits == 16:
-        return dropout_16bit(module, probs, rate, shape)
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, shape)
-    return jnp.where(keep, probs / (1.0 - rate), 0.0)
-
-
-def dropout_16bit(module: nn.Module, x: Array, rate: float, mask_shape: tuple | None = None) -> Array:
-    """Dropout with a keep mask from 16-bit draws (`jax.random.bits(..., uint16)` runs threefry on half as many
-    32-bit words as `bernoulli`); the rate is rounded to k/65536 and the scale uses the rounded rate, so the
-    expectation is exact. `mask_shape` (broadcastable to x) shares one mask along its unit dimensions."""
-    threshold = int(round(rate * 65536))
-    keep = jax.random.bits(module.make_rng("dropout"), mask_shape or x.shape, jnp.uint16) >= jnp.uint16(threshold)
-    return jnp.where(keep, x / (1.0 - threshold / 65536), jnp.zeros((), x.dtype)).astype(x.dtype)
-
-
-class Dropout16(nn.Module):
-    """nn.Dropout's interface over `dropout_16bit`."""
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
-        return x if deterministic or self.rate == 0.0 else dropout_16bit(self, x, self.rate)
-
-
-def make_dropout(cfg: ModelConfig, rate: float, **kwargs) -> nn.Module:
-    return Dropout16(rate, **kwargs) if cfg.dropout_bits == 16 else nn.Dropout(rate, **kwargs)
 
 
 class FeedForward(nn.Module):
