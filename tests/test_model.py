@@ -279,10 +279,10 @@ def test_16bit_dropout_statistics_and_deterministic_equivalence():
     ids = jnp.asarray(np.random.default_rng(0).integers(5, 100, (2, 16)), jnp.int32)
     params = BertForPreTraining(cfg).init(jax.random.PRNGKey(0), ids)
     a = BertForPreTraining(cfg).apply(params, ids, deterministic=True)
-    b = BertForPreTraining(cfg.replace(dropout_bits=16)).apply(params, ids, deterministic=True)
+    bits16 = BertForPreTraining(cfg.replace(dropout_rng="jax", dropout_bits=16))
+    b = bits16.apply(params, ids, deterministic=True)
     np.testing.assert_array_equal(np.asarray(a.mlm_logits), np.asarray(b.mlm_logits))  # same params, same tree
-    train = BertForPreTraining(cfg.replace(dropout_bits=16)).apply(params, ids, deterministic=False,
-                                                                  rngs={"dropout": jax.random.PRNGKey(2)})
+    train = bits16.apply(params, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
     assert not np.allclose(np.asarray(train.mlm_logits), np.asarray(a.mlm_logits))
 
 
@@ -384,11 +384,15 @@ def test_dropout_rng_changes_masks_not_the_deterministic_model():
     ids = jnp.asarray(np.random.default_rng(0).integers(5, 100, (2, 16)), jnp.int32)
     params = BertForPreTraining(cfg).init(jax.random.PRNGKey(0), ids)
     fused = BertForPreTraining(cfg.replace(dropout_rng="fused"))
+    plain = BertForPreTraining(cfg.replace(dropout_rng="jax"))
     np.testing.assert_array_equal(np.asarray(fused.apply(params, ids, deterministic=True).mlm_logits),
-                                  np.asarray(BertForPreTraining(cfg).apply(params, ids, deterministic=True).mlm_logits))
+                                  np.asarray(plain.apply(params, ids, deterministic=True).mlm_logits))
+    with pytest.raises(ValueError, match="dropout_bits"):
+        cfg.replace(dropout_bits=16)  # 16-bit draws are a jax.random option
     rngs = {"dropout": jax.random.PRNGKey(2)}
     a = fused.apply(params, ids, deterministic=False, rngs=rngs).mlm_logits
-    b = BertForPreTraining(cfg).apply(params, ids, deterministic=False, rngs=rngs).mlm_logits
+    b = BertForPreTraining(cfg.replace(dropout_rng="jax")).apply(params, ids, deterministic=False,
+                                                               rngs=rngs).mlm_logits
     assert not np.allclose(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(fused.apply(params, ids, deterministic=False,
                                                                           rngs=rngs).mlm_logits))

@@ -34,9 +34,10 @@ class ModelConfig:
     # 16: dropout masks from 16 random bits per element (half of threefry's work for 32-bit draws), the rate
     # rounded to a multiple of 1/65536 (0.1 -> 0.100006); 32: jax.random.bernoulli / nn.Dropout.
     dropout_bits: int = 32
-    # Mask generator: "jax" (jax.random: threefry, which XLA:CPU runs as a rolled loop over memory) or "fused"
-    # (the same Threefry-2x32 hash written out so XLA fuses it into the masking op; bert_jax/model/dropout.py).
-    dropout_rng: str = "jax"
+    # Mask generator: "fused" (Threefry-2x32 written out so XLA fuses the hash into the masking op; 1.04-1.06x a
+    # CPU step, benchmarks/NOTES.md section 17) or "jax" (jax.random, which XLA:CPU runs as a rolled loop over
+    # memory; the masks of runs trained before this option). Both draw each element independently at `rate`.
+    dropout_rng: str = "fused"
     # True: one attention-dropout mask per layer of shape [Q, K], shared by every example and head (flax's
     # dot_product_attention_weights default, which transformers' FlaxBert uses); False: BERT's per-element
     # dropout of the attention probabilities (google-research/bert, transformers' PyTorch BERT).
@@ -62,6 +63,8 @@ class ModelConfig:
         check(self.remat_policy in REMAT_POLICIES, "remat_policy", f"choose one of {REMAT_POLICIES}")
         check(self.dropout_bits in (16, 32), "dropout_bits", "choose 16 or 32")
         check(self.dropout_rng in ("jax", "fused"), "dropout_rng", "choose jax or fused")
+        check(self.dropout_bits == 32 or self.dropout_rng == "jax", "dropout_bits",
+              "16-bit draws apply to dropout_rng=jax only (fused draws 32 bits at no extra cost)")
         check(self.attention_impl in ("xla", "dot_product_attention"), "attention_impl",
               "choose 'xla' or 'dot_product_attention'")
         check(self.position_embedding != "rotary" or self.head_dim % 2 == 0, "position_embedding",
