@@ -362,3 +362,22 @@ def test_table5_smoke_run_writes_every_file(shared, tmp_path, capsys):
     assert sum("finished before, skipped" in line for line in new_lines) == 3
     again = json.load(open(os.path.join(results_dir, "table5_smoke.json")))
     assert [r["cells"] for r in again["rows"]] == [r["cells"] for r in results["rows"]]
+
+
+def test_a_preempted_pretraining_run_stops_the_grid(tmp_path, monkeypatch):
+    """pretrain.run returns normally after SIGTERM with its step saved; the grid must stop there (exit 0, resume
+    on the next call), not log the run as finished and start the next one."""
+    from bert_jax.train import pretrain
+
+    grid = grids.table5("smoke")
+    run = runner.pretraining_runs(grid)[0]
+    messages = []
+
+    class Data:
+        def pretraining(self, mode, seq_len, log):
+            return str(tmp_path / "train"), str(tmp_path / "eval")
+
+    monkeypatch.setattr(pretrain, "run", lambda config, workdir: {"step": 3.0, "loss": 7.0})
+    with pytest.raises(runner.Preempted):
+        runner.pretrain_run(grid, run, str(tmp_path), Data(), messages.append)
+    assert "preempted at step 3" in messages[-1] and "rerun the same command" in messages[-1]

@@ -184,11 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         configure_cpu_runtime(args.workdir)
     from bert_jax.experiments.data import ExperimentDataError
 
+    from bert_jax.experiments.runner import Preempted
+
     try:
         return run_cpu_grids(args)
     except ExperimentDataError as e:
         print(f"bert-jax experiment: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Preempted as e:  # as pretrain does: a preempted job saved its state and exits 0; rerun to resume
+        print(f"bert-jax experiment: preempted during pretraining run {e}; rerun the same command to resume",
+              file=sys.stderr)
+        return 0
 
 
 if __name__ == "__main__":

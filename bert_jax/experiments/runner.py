@@ -28,6 +28,10 @@ from bert_jax.experiments.paper import PAPER_CLAIMS, paper_number
 RUN_FAILURES = (ValueError, FileNotFoundError, OSError, RuntimeError, FloatingPointError, KeyError)
 
 
+class Preempted(Exception):
+    """A pretraining run stopped on a signal before its last step (its checkpoint is saved)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainRun:
     run_id: str
@@ -114,6 +118,12 @@ def pretrain_run(grid: Grid, run: PretrainRun, workdir: str, data: PreparedData,
         _append_traceback(run_dir)
         return {**info, "status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - start}
     seconds = time.perf_counter() - start
+    if steps not in ckpt.complete_steps(os.path.join(run_dir, "checkpoints")):
+        # pretrain.run returns normally after SIGTERM/SIGINT, having saved its step: the grid stops here (the
+        # next runs would otherwise start under a signal meant for the whole job) and resumes on the next call.
+        log(f"pretrain {run.run_id}: preempted at step {int(final.get('step', -1))} after {seconds:.0f}s; "
+            f"rerun the same command to resume")
+        raise Preempted(run.run_id)
     log(f"pretrain {run.run_id}: {steps} steps in {seconds:.0f}s, final loss {final.get('loss', float('nan')):.3f}")
     return {**info, "status": "done", "seconds": seconds}
 
