@@ -42,12 +42,14 @@ DEFAULT_PEER_VENV = os.path.join(os.path.expanduser("~"), ".cache", "bert_jax_be
 
 
 def start_peer(framework: str, python: str, shape: Shape, seed: int, inputs_path: str, threads: int,
-               log_dir: str) -> Runner:
+               log_dir: str, peer_xla_flags: str = "") -> Runner:
     """A peer subprocess, set up (model built, compiled where it compiles) and waiting for 'run N'."""
     script = os.path.join(HERE, f"_peer_{framework}.py")
     spec = dict(dataclasses.asdict(shape), seed=seed, threads=threads, **OPTIMIZER)
     stderr = open(os.path.join(log_dir, f"{framework}-{shape.name}.stderr"), "w+")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if peer_xla_flags:
+        env["XLA_FLAGS"] = peer_xla_flags
     env["TRANSFORMERS_VERBOSITY"] = "error"
     proc = subprocess.Popen([python, script, inputs_path, json.dumps(spec)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
@@ -127,7 +129,7 @@ def time_shape(shape: Shape, args, peak_gflops: float, peer_python: dict, log_di
                 for o in [{}] + args.variants]
     for peer in args.peers:
         starters.append((peer, lambda peer=peer: start_peer(peer, peer_python[peer], shape, args.seed, inputs_path,
-                                                            args.threads, log_dir)))
+                                                            args.threads, log_dir, args.peer_xla_flags)))
     rows = {name: {"shape": shape.name, "framework": name, "status": "unavailable"} for name, _ in starters}
     runners = {}  # name -> (runner, timed step seconds, per-block medians)
 
@@ -218,7 +220,8 @@ def environment() -> dict:
         processor = names[0] if names else processor
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
             "device": f"{device.platform}: {device.device_kind} ({processor})", "processor": processor,
-            "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()), "versions": versions}
+            "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()), "versions": versions,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def pipeline_vs_step(shape: Shape, rows: list[dict], batches: int) -> dict:
@@ -265,6 +268,8 @@ def parse_args(argv):
     p.add_argument("--peer-venv", default=DEFAULT_PEER_VENV, help="virtualenv for the Flax peer (made if missing)")
     p.add_argument("--variant", dest="variants", action="append", default=[],
                    help="extra bert_jax row with ModelConfig overrides, e.g. scan_layers=True,remat_policy=dots")
+    p.add_argument("--peer-xla-flags", default="",
+                   help="XLA_FLAGS for the peers (default none; e.g. the flags bert_jax adds, for a like-for-like run)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", default="", metavar="DIR",
@@ -323,6 +328,9 @@ def main(argv=None) -> int:
     except BenchmarkError as e:
         print(f"train_step.py: {e}", file=sys.stderr)
         return 2
+    from bert_jax.xla_flags import add_default_xla_flags
+
+    add_default_xla_flags()  # the flags `bert-jax` runs with (no effect if jax has already started)
     env = environment()
     if args.memory_sweep:
         rows = memory_sweep(args.sweep_seq, args.sweep_batch)

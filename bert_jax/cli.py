@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bert-jax: unknown command {name!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     module_name = SUBCOMMANDS[name][0]
+    from bert_jax.xla_flags import add_default_xla_flags
+
+    add_default_xla_flags()  # before any subcommand imports jax
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -30,3 +30,20 @@ def test_types_follow_the_default():
                                                  "--config.objectives=mlm"])
     assert c.optimizer.learning_rate == 1.0 and isinstance(c.optimizer.learning_rate, float)
     assert c.train.steps == 7 and c.objectives == "mlm"
+
+
+def test_default_xla_flags_are_added_once_and_never_override_the_user():
+    from bert_jax.xla_flags import DEFAULT_FLAGS, add_default_xla_flags
+
+    (name, value), = DEFAULT_FLAGS.items()
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert add_default_xla_flags(env) == [f"--{name}={value}"]
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 --{name}={value}"
+    assert add_default_xla_flags(env) == [] and env["XLA_FLAGS"].count(name) == 1
+    user = {"XLA_FLAGS": f"--{name}=false"}
+    assert add_default_xla_flags(user) == [] and user["XLA_FLAGS"] == f"--{name}=false"
+    empty = {}
+    add_default_xla_flags(empty)
+    assert empty["XLA_FLAGS"] == f"--{name}={value}"
+    opted_out = {"BERT_JAX_XLA_FLAGS": "0"}
+    assert add_default_xla_flags(opted_out) == [] and "XLA_FLAGS" not in opted_out
