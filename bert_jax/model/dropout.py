@@ -80,8 +80,8 @@ class Dropout(nn.Module):
     """nn.Dropout's interface with the model's choice of mask generator."""
 
     rate: float
-    rng_impl: str = "jax"
-    bits: int = 32
+    rng_impl: str  # "fused" or "jax" (ModelConfig.dropout_rng)
+    bits: int  # 32 or 16 (ModelConfig.dropout_bits; 16 with "jax" only)
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:

@@ -1,7 +1,6 @@
 """The BERT encoder: embeddings, then a stack of transformer layers (plain, scanned, rematerialised or shared)."""
 from __future__ import annotations
 
-
 import flax.struct
 
 import flax.linen as nn
@@ -9,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.model.config import ModelConfig
-from bert_jax.model.layers import (LayerNorm, RelativePositionBias, TransformerLayer, attention_mask, dense, make_dropout,
+from bert_jax.model.dropout import make_dropout
+from bert_jax.model.layers import (LayerNorm, RelativePositionBias, TransformerLayer, attention_mask, dense,
                                    normal_init, sinusoidal_table)
 
 Array = jax.Array

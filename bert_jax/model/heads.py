@@ -94,37 +94,3 @@ class CausalLMHead(nn.Module):
     @nn.compact
     def __call__(self, sequence: Array, attend, positions: Array | None = None) -> Array:
         return MLMHead(self.config, name="predictions")(sequence, attend, positions)
-
-
-class SequenceClassificationHead(nn.Module):
-    """Pooler + dropout + classifier; `num_labels=1` makes it a regression head (STS-B)."""
-
-    config: ModelConfig
-    num_labels: int
-
-    @nn.compact
-    def __call__(self, sequence: Array, deterministic: bool, pool_positions: Array | None = None) -> Array:
-        pooled = Pooler(self.config, name="pooler")(sequence, pool_positions)
-        pooled = nn.Dropout(self.config.dropout_rate)(pooled, deterministic=deterministic)
-        return Classifier(self.config, self.num_labels, name="classifier")(pooled)
-
-
-class TokenClassificationHead(nn.Module):
-    config: ModelConfig
-    num_labels: int
-
-    @nn.compact
-    def __call__(self, sequence: Array, deterministic: bool) -> Array:
-        h = nn.Dropout(self.config.dropout_rate)(sequence, deterministic=deterministic)
-        return Classifier(self.config, self.num_labels, name="classifier")(h)
-
-
-class SpanQAHead(nn.Module):
-    """Start and end logits per token (SQuAD): returns ([B, L], [B, L]) in float32."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, sequence: Array) -> tuple[Array, Array]:
-        logits = Classifier(self.config, 2, name="classifier")(sequence)
-        return logits[..., 0], logits[..., 1]

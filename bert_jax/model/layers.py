@@ -15,7 +15,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from bert_jax.model.config import ModelConfig
-from bert_jax.model.dropout import attention_dropout, make_dropout  # noqa: F401  (encoder.py imports make_dropout here)
+from bert_jax.model.dropout import attention_dropout, make_dropout
 
 Array = jax.Array
 MASK_VALUE = -1e9  # finite, so rows with nothing to attend to (all-padding rows) give a uniform softmax, not NaN
