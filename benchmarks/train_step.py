@@ -123,7 +123,9 @@ def time_shape(shape: Shape, args, peak_gflops: float, peer_python: dict, log_di
     inputs = make_inputs(shape, args.seed)
     inputs_path = os.path.join(log_dir, f"inputs-{shape.name}.npz")
     np.savez(inputs_path, **inputs)
-    model_flops = train_flops_per_step(model_config(shape, {}), shape.batch, shape.seq, shape.max_predictions)
+    # What the loss needs: the MLM head at the masked positions, the last layer at those and [CLS].
+    model_flops = train_flops_per_step(model_config(shape, {}), shape.batch, shape.seq, shape.max_predictions,
+                                       shape.max_predictions + 1)
     executed_peer = train_flops_per_step(model_config(shape, {}), shape.batch, shape.seq, shape.seq)
     starters = [(variant_name(o), lambda o=o: start_bert_jax(shape, o, args.seed, inputs))
                 for o in [{}] + args.variants]
@@ -375,8 +377,10 @@ def main(argv=None) -> int:
                             "dropout": 0.1, "tokens": TOKENS_DEFINITION,
                             "model_flops": "bert_jax.train.flops.train_flops_per_step: 3 x forward matmul FLOPs "
                                            "(2 per MAC: qkv/out/ffn per token per layer + 4*seq*hidden attention "
-                                           "+ MLM head at max_predictions positions + pooler); peers' executed "
-                                           "count puts the MLM head at every position",
+                                           "+ MLM head at max_predictions positions + pooler), counting only what "
+                                           "the loss needs: the last layer's queries, attention output and FFN at "
+                                           "the max_predictions + 1 positions read (MLM + [CLS]); peers' executed "
+                                           "count puts the MLM head and the last layer at every position",
                             "shapes": {n: dict(dataclasses.asdict(SHAPES[n]), max_predictions=SHAPES[n].max_predictions,
                                                masked_per_row=SHAPES[n].masked_per_row, pad_per_row=SHAPES[n].pad)
                                        for n in args.shapes}},

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.dropout import make_dropout
 from bert_jax.model.layers import (LayerNorm, RelativePositionBias, TransformerLayer, attention_mask, dense,
-                                   normal_init, sinusoidal_table)
+                                   gather_positions, normal_init, sinusoidal_table)
 
 Array = jax.Array
 
@@ -24,7 +24,7 @@ REMAT_POLICIES = {
 
 @flax.struct.dataclass
 class EncoderOutput:
-    sequence: Array  # [B, L, H], after the final LayerNorm for pre-LN
+    sequence: Array  # [B, L, H] (or [B, P, H] at the output_positions asked for), after pre-LN's final LayerNorm
     hidden_states: tuple[Array, ...] | None  # embeddings output then each layer's output, if asked for
 
 
@@ -79,8 +79,9 @@ class _ScanLayer(nn.Module):
     layer_cls: type
 
     @nn.compact
-    def __call__(self, x, mask, bias, position_ids):
-        x = self.layer_cls(self.config, name="layer")(x, mask, bias, position_ids, self.deterministic)
+    def __call__(self, x, mask, bias, position_ids, query_positions=None):
+        x = self.layer_cls(self.config, name="layer")(x, mask, bias, position_ids, self.deterministic,
+                                                      query_positions)
         return x, None
 
 
@@ -103,7 +104,8 @@ class Encoder(nn.Module):
         return nn.remat(TransformerLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(5,))
 
     @nn.compact
-    def _stack(self, x, mask, bias, position_ids, deterministic: bool, output_hidden_states: bool):
+    def _stack(self, x, mask, bias, position_ids, deterministic: bool, output_hidden_states: bool,
+               output_positions):
         cfg = self.config
         layer_cls = self._layer_cls()
         if cfg.scan_layers and not output_hidden_states:
@@ -116,7 +118,8 @@ class Encoder(nn.Module):
                                   metadata_params={nn.PARTITION_NAME: "layers"}, **scan_kwargs)
             name = "layer_shared" if cfg.share_layers else "layers"
             x, _ = scanned(cfg, deterministic, layer_cls, name=name)(x, mask, bias, position_ids)
-            return x, None
+            # Every scanned layer has the same shapes, so the last one runs at all positions too.
+            return (x if output_positions is None else gather_positions(x, output_positions)), None
         if cfg.scan_layers:
             raise ValueError("output_hidden_states needs the unscanned stack; set model.scan_layers=False "
                              "(feature extraction and fine-tuning with all layers)")
@@ -124,16 +127,21 @@ class Encoder(nn.Module):
         # Shared (ALBERT) params sit at layer_shared/layer whether scanned or not, so checkpoints move freely.
         shared = _ScanLayer(cfg, deterministic, layer_cls, name="layer_shared") if cfg.share_layers else None
         for i in range(cfg.num_layers):
+            queries = output_positions if i == cfg.num_layers - 1 else None
             if shared is not None:
-                x, _ = shared(x, mask, bias, position_ids)
+                x, _ = shared(x, mask, bias, position_ids, queries)
             else:
-                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, bias, position_ids, deterministic)
+                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, bias, position_ids, deterministic, queries)
             hidden.append(x)
         return x, tuple(hidden) if output_hidden_states else None
 
     def __call__(self, input_ids: Array, token_type_ids: Array | None = None, input_mask: Array | None = None,
                  position_ids: Array | None = None, deterministic: bool = True,
-                 output_hidden_states: bool = False) -> EncoderOutput:
+                 output_hidden_states: bool = False, output_positions: Array | None = None) -> EncoderOutput:
+        """`output_positions` [B, P]: the caller reads the output at these positions only, so the last layer
+        computes its queries, feed-forward and LayerNorms there alone (at 15% masking, ~1/6 of that layer's
+        work; it still attends over every position) and `sequence` is [B, P, H]. The scanned stack computes the
+        last layer whole and gathers."""
         cfg = self.config
         batch, length = input_ids.shape
         if token_type_ids is None:
@@ -146,7 +154,7 @@ class Encoder(nn.Module):
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         mask = attention_mask(input_mask, cfg.causal)
         bias = self.relative_bias(position_ids) if cfg.position_embedding == "relative" else None
-        x, hidden = self._stack(x, mask, bias, position_ids, deterministic, output_hidden_states)
+        x, hidden = self._stack(x, mask, bias, position_ids, deterministic, output_hidden_states, output_positions)
         if cfg.norm == "pre":
             x = self.final_norm(x)
         return EncoderOutput(sequence=x, hidden_states=hidden)

@@ -6,14 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from bert_jax.model.config import ModelConfig
-from bert_jax.model.layers import LayerNorm, dense, zeros_init
+from bert_jax.model.layers import LayerNorm, dense, gather_positions, zeros_init
 
 Array = jax.Array
-
-
-def gather_positions(sequence: Array, positions: Array) -> Array:
-    """[B, L, H] gathered at [B, P] positions -> [B, P, H]."""
-    return jnp.take_along_axis(sequence, positions[:, :, None].astype(jnp.int32), axis=1)
 
 
 @jax.custom_vjp

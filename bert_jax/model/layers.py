@@ -68,15 +68,18 @@ class Dense(nn.Module):
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, feature_slice: slice | None = None) -> Array:
+        """`feature_slice` computes only those entries of the first feature axis (a slice of the same kernel)."""
         cfg = self.config
         in_shape = x.shape[x.ndim - self.num_in:]
         kernel = self.param("kernel", normal_init(cfg, self.kernel_names), in_shape + self.features, cfg.param_dtype)
+        if feature_slice is not None:
+            kernel = kernel[(slice(None),) * self.num_in + (feature_slice,)]
         contract = (tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in)))
         y = jax.lax.dot_general(x.astype(cfg.dtype), kernel.astype(cfg.dtype), (contract, ((), ())))
         if self.use_bias:
             bias = self.param("bias", zeros_init(self.bias_names), self.features, cfg.param_dtype)
-            y = y + bias.astype(cfg.dtype)
+            y = y + (bias if feature_slice is None else bias[feature_slice]).astype(cfg.dtype)
         return y
 
 
@@ -144,6 +147,20 @@ def apply_rotary(x: Array, position_ids: Array, base: float) -> Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def gather_positions(sequence: Array, positions: Array) -> Array:
+    """[B, L, ...] gathered at [B, P] positions -> [B, P, ...]."""
+    index = positions.astype(jnp.int32).reshape(positions.shape + (1,) * (sequence.ndim - 2))
+    return jnp.take_along_axis(sequence, index, axis=1)
+
+
+def gather_queries(scores: Array, positions: Array) -> Array:
+    """[B, N, Q, K] (a mask or bias over queries and keys) at [B, P] query positions -> [B, N, P, K]."""
+    if scores.shape[2] == 1:  # broadcast over queries already
+        return scores
+    index = positions.astype(jnp.int32)[:, None, :, None]
+    return jnp.take_along_axis(scores, jnp.broadcast_to(index, scores.shape[:2] + index.shape[2:3] + (1,)), axis=2)
+
+
 def attention_mask(input_mask: Array, causal: bool) -> Array:
     """Boolean [B, 1, Q, K]: keys must be real and in the query's packed example; padding queries see all
     real keys (as BERT implementations do), so their outputs match and stay finite."""
@@ -159,15 +176,26 @@ class SelfAttention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool,
+                 query_positions: Array | None = None) -> Array:
+        """Outputs [B, L, H], or [B, P, H] at `query_positions` [B, P] only (keys and values from all of x)."""
         cfg = self.config
         # One fused projection for q, k and v: one matmul instead of three.
-        qkv = dense(cfg, (3, cfg.num_heads, cfg.head_dim), -1, ("embed", "qkv", "heads", "kv"),
-                    ("qkv", "heads", "kv"), "qkv")(x)
-        qkv = checkpoint_name(qkv, "qkv_out")  # what remat_policy=save_qkv_out keeps for the backward pass
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        projection = dense(cfg, (3, cfg.num_heads, cfg.head_dim), -1, ("embed", "qkv", "heads", "kv"),
+                           ("qkv", "heads", "kv"), "qkv")
+        q_positions = position_ids
+        if query_positions is None:
+            qkv = checkpoint_name(projection(x), "qkv_out")  # what remat_policy=save_qkv_out keeps
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            kv = checkpoint_name(projection(x, slice(1, 3)), "qkv_out")
+            k, v = kv[:, :, 0], kv[:, :, 1]
+            q = checkpoint_name(projection(gather_positions(x, query_positions), slice(0, 1)), "qkv_out")[:, :, 0]
+            q_positions = gather_positions(position_ids, query_positions)
+            mask = gather_queries(mask, query_positions)
+            bias = None if bias is None else gather_queries(bias, query_positions)
         if cfg.position_embedding == "rotary":
-            q = apply_rotary(q, position_ids, cfg.rotary_base)
+            q = apply_rotary(q, q_positions, cfg.rotary_base)
             k = apply_rotary(k, position_ids, cfg.rotary_base)
         q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", "act_kv"))
         k = nn.with_logical_constraint(k, ("act_batch", "act_length", "act_heads", "act_kv"))
@@ -211,12 +239,17 @@ class TransformerLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool,
+                 query_positions: Array | None = None) -> Array:
+        """[B, L, H] -> [B, L, H], or [B, P, H] at `query_positions` [B, P]: every position still serves as a key
+        and value, but the rest of the layer runs at those positions only (see `Encoder`'s output_positions)."""
         cfg = self.config
         drop = make_dropout(cfg, cfg.dropout_rate)
         pre = cfg.norm == "pre"
         h = LayerNorm(cfg, name="attention_norm")(x) if pre else x
-        h = SelfAttention(cfg, name="attention")(h, mask, bias, position_ids, deterministic)
+        h = SelfAttention(cfg, name="attention")(h, mask, bias, position_ids, deterministic, query_positions)
+        if query_positions is not None:
+            x = gather_positions(x, query_positions)
         x = x + drop(h, deterministic=deterministic)
         x = x if pre else LayerNorm(cfg, name="attention_norm")(x)
         h = LayerNorm(cfg, name="mlp_norm")(x) if pre else x

@@ -8,6 +8,9 @@ An objective is one module that calls `register(Objective(...))`. It declares
     sums per term: `<term>` loss sums and metric sums, each divided by `denominators[<term>]`;
   - `loss_weights`: which terms are losses, with their weights inside the objective (a number, or the name of
     an option that holds it, so a config can change it);
+  - optionally `positions(batch)`: the [B, P] positions of the final layer's output its forward reads, taken
+    through `ctx.encode_at()`; when every objective of a run declares them, the encoder's last layer runs at
+    those positions only (`model.sparse_final_layer`);
   - optionally `prepare_options(options)` (run once when the set is parsed, e.g. to read a teacher's config)
     and `load_frozen(options)`: variable collections that are inputs, never trained (a distillation teacher);
     the steps take them as an argument and pass them to `model.apply` beside 'params'.
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.encoder import Encoder, EncoderOutput
+from bert_jax.model.layers import gather_positions
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -41,6 +45,7 @@ class Objective:
     causal: bool = False  # needs left-to-right attention
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults, overridable by config
     excludes: tuple[str, ...] = ()  # objectives it cannot be combined with (it already contains them)
+    positions: Callable[[Batch], Array] | None = None  # the final-layer positions it reads; None: all of them
     prepare_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     load_frozen: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
@@ -146,6 +151,13 @@ class ObjectiveSet:
         specific = min(self.objectives, key=lambda o: len(o.data_modes))
         return tuple(m for m in specific.data_modes if all(m in o.data_modes for o in self.objectives))
 
+    def final_layer_positions(self, batch: Batch, config: ModelConfig) -> int | None:
+        """How many positions the encoder's last layer computes per example: the objectives' `positions` summed
+        when the sparse final layer applies (`PretrainModel`), else None (all of them)."""
+        if not config.sparse_final_layer or config.scan_layers or any(o.positions is None for o in self.objectives):
+            return None
+        return sum(int(o.positions(batch).shape[1]) for o in self.objectives)
+
     def denominators(self, batch: Batch) -> dict[str, Array]:
         out = {}
         for o in self.objectives:
@@ -181,8 +193,9 @@ class ObjectiveSet:
 
 @dataclasses.dataclass
 class Context:
-    """What an objective's forward sees: the module (to create heads), the encoder, the batch, and a memoised
-    encoder pass over the batch's own inputs (objectives sharing it pay for one encoder pass)."""
+    """What an objective's forward sees: the module (to create heads), the encoder, the batch, and the encoder's
+    output over the batch's own inputs, computed once for all objectives: whole (`encode()`) or, when every
+    objective declares `positions`, at those positions only (`encode_at()`, the sparse final layer)."""
 
     module: nn.Module
     config: ModelConfig
@@ -190,14 +203,42 @@ class Context:
     batch: Batch
     deterministic: bool
     options: Mapping[str, Any]
-    _encoded: EncoderOutput | None = None
+    objective: Objective
+    shared: dict  # the one encoder pass, memoised across the run's objectives
 
     def encode(self) -> EncoderOutput:
-        if self._encoded is None:
+        if "sparse" in self.shared:
+            raise RuntimeError(f"objective {self.objective.name!r} declares `positions`, so it must read the encoder "
+                               "through ctx.encode_at(); ctx.encode() would run a second, whole encoder pass")
+        if "encoded" not in self.shared:
             b = self.batch
-            self._encoded = self.encoder(b["input_ids"], b.get("token_type_ids"), b.get("input_mask"),
-                                         b.get("position_ids"), self.deterministic)
-        return self._encoded
+            self.shared["encoded"] = self.encoder(b["input_ids"], b.get("token_type_ids"), b.get("input_mask"),
+                                                  b.get("position_ids"), self.deterministic)
+        return self.shared["encoded"]
+
+    def encode_at(self) -> Array:
+        """The final hidden states [B, P, H] at this objective's `positions(batch)`."""
+        if self.objective.positions is None:
+            raise RuntimeError(f"objective {self.objective.name!r} calls ctx.encode_at() but declares no positions")
+        if "sparse" in self.shared:
+            hidden, offsets = self.shared["sparse"]
+            start, stop = offsets[self.objective.name]
+            return hidden[:, start:stop]
+        return gather_positions(self.encode().sequence, self.objective.positions(self.batch))
+
+
+def _sparse_pass(ctx: Context, objectives: tuple[Objective, ...]) -> None:
+    """One encoder pass whose last layer runs at the concatenated positions of all the objectives."""
+    parts, offsets, start = [], {}, 0
+    for o in objectives:
+        positions = o.positions(ctx.batch).astype(jnp.int32)
+        parts.append(positions)
+        offsets[o.name] = (start, start + positions.shape[1])
+        start += positions.shape[1]
+    b = ctx.batch
+    out = ctx.encoder(b["input_ids"], b.get("token_type_ids"), b.get("input_mask"), b.get("position_ids"),
+                      ctx.deterministic, output_positions=jnp.concatenate(parts, axis=1))
+    ctx.shared["sparse"] = (out.sequence, offsets)
 
 
 class PretrainModel(nn.Module):
@@ -210,13 +251,15 @@ class PretrainModel(nn.Module):
     def __call__(self, batch: Batch, deterministic: bool = True) -> dict[str, Array]:
         encoder = Encoder(self.config, name="encoder")
         sums: dict[str, Array] = {}
-        shared: dict[str, EncoderOutput] = {}
-        for objective in self.objectives.objectives:
+        shared: dict = {}
+        objectives = self.objectives.objectives
+        sparse = self.config.sparse_final_layer and all(o.positions is not None for o in objectives)
+        for i, objective in enumerate(objectives):
             ctx = Context(self, self.config, encoder, batch, deterministic, self.objectives.options[objective.name],
-                          shared.get("encoded"))
+                          objective, shared)
+            if sparse and i == 0:
+                _sparse_pass(ctx, objectives)
             sums.update(objective.forward(ctx))
-            if ctx._encoded is not None:
-                shared["encoded"] = ctx._encoded
         return sums
 
 

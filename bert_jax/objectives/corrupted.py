@@ -10,7 +10,7 @@ sums returned per term, an option, and registration. Use it beside MLM ('mlm+0.1
 import jax
 import jax.numpy as jnp
 
-from bert_jax.model.heads import Classifier, gather_positions
+from bert_jax.model.heads import Classifier
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 from bert_jax.objectives.mlm import ALL_MODES
 
@@ -27,7 +27,7 @@ def denominators(batch):
 
 
 def forward(ctx):
-    hidden = gather_positions(ctx.encode().sequence, ctx.batch["masked_positions"])
+    hidden = ctx.encode_at()
     logits = Classifier(ctx.config, 2, name="corrupted_head")(hidden)
     # an option: 'label_smoothing' spreads that much target mass evenly over the two classes
     smooth = float(ctx.options["label_smoothing"])
@@ -41,4 +41,4 @@ def forward(ctx):
 
 CORRUPTED = register(Objective(name="corrupted", data_modes=ALL_MODES, masking="mlm", denominators=denominators,
                                forward=forward, loss_weights={"corrupted_loss": 1.0},
-                               options={"label_smoothing": 0.0}))
+                               options={"label_smoothing": 0.0}, positions=lambda batch: batch["masked_positions"]))

@@ -11,11 +11,11 @@ def denominators(batch):
 
 
 def forward(ctx):
-    logits = MLMHead(ctx.config, name="mlm_head")(ctx.encode().sequence, ctx.encoder.attend,
-                                                    ctx.batch["masked_positions"])
+    logits = MLMHead(ctx.config, name="mlm_head")(ctx.encode_at(), ctx.encoder.attend)
     loss, correct = weighted_cross_entropy(logits, ctx.batch["masked_ids"], ctx.batch["masked_weights"])
     return {"mlm_loss": loss, "mlm_accuracy": correct}
 
 
 MLM = register(Objective(name="mlm", data_modes=ALL_MODES, masking="mlm", denominators=denominators,
-                         forward=forward, loss_weights={"mlm_loss": 1.0}))
+                         forward=forward, loss_weights={"mlm_loss": 1.0},
+                         positions=lambda batch: batch["masked_positions"]))

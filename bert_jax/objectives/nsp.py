@@ -12,9 +12,13 @@ def sentence_pair_denominators(prefix):
     return denominators
 
 
+def first_position(batch):
+    return jnp.zeros((batch["input_ids"].shape[0], 1), jnp.int32)
+
+
 def sentence_pair_forward(prefix):
     def forward(ctx):
-        pooled = Pooler(ctx.config, name="pooler")(ctx.encode().sequence)
+        pooled = Pooler(ctx.config, name="pooler")(ctx.encode_at())  # [CLS], the only position read
         logits = Classifier(ctx.config, 2, name=f"{prefix}_head")(pooled)
         labels = ctx.batch["sentence_label"]
         loss, correct = weighted_cross_entropy(logits, jnp.maximum(labels, 0), labels >= 0)
@@ -24,4 +28,4 @@ def sentence_pair_forward(prefix):
 
 NSP = register(Objective(name="nsp", data_modes=("segment-pair", "sentence-pair"), masking="none",
                          denominators=sentence_pair_denominators("nsp"), forward=sentence_pair_forward("nsp"),
-                         loss_weights={"nsp_loss": 1.0}))
+                         loss_weights={"nsp_loss": 1.0}, positions=first_position))

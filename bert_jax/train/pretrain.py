@@ -202,7 +202,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     writer = MetricsWriter(workdir, enabled=process_index == 0)
     preempted = ckpt.install_preemption_handler()
-    flops = train_flops_per_step(model_cfg, t.global_batch_size, seq_len, predictions)
+    flops = train_flops_per_step(model_cfg, t.global_batch_size, seq_len, predictions,
+                                 objectives.final_layer_positions(init_batch, model_cfg))
     start = int(jax.device_get(unreplicate(state).step))
     tokens_per_step = t.global_batch_size * seq_len
     progress = None
