@@ -10,7 +10,6 @@ import pytest
 from bert_jax.model import ModelConfig
 from bert_jax.model.params import to_scanned, unbox
 from bert_jax.objectives import ObjectiveSet, PretrainModel
-from bert_jax.objectives.base import Objective
 from bert_jax.objectives.mlm import MLM
 from bert_jax.train.flops import forward_flops_per_sequence
 
