@@ -36,14 +36,21 @@ def test_default_xla_flags_are_added_once_and_never_override_the_user():
     from bert_jax.xla_flags import DEFAULT_FLAGS, add_default_xla_flags
 
     (name, value), = DEFAULT_FLAGS.items()
+    plain = set()  # a CPU without AVX-512
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    assert add_default_xla_flags(env) == [f"--{name}={value}"]
+    assert add_default_xla_flags(env, plain) == [f"--{name}={value}"]
     assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 --{name}={value}"
-    assert add_default_xla_flags(env) == [] and env["XLA_FLAGS"].count(name) == 1
+    assert add_default_xla_flags(env, plain) == [] and env["XLA_FLAGS"].count(name) == 1
     user = {"XLA_FLAGS": f"--{name}=false"}
-    assert add_default_xla_flags(user) == [] and user["XLA_FLAGS"] == f"--{name}=false"
+    assert add_default_xla_flags(user, plain) == [] and user["XLA_FLAGS"] == f"--{name}=false"
     empty = {}
-    add_default_xla_flags(empty)
+    add_default_xla_flags(empty, plain)
     assert empty["XLA_FLAGS"] == f"--{name}={value}"
+    avx512 = {}
+    assert add_default_xla_flags(avx512, {"avx2", "avx512f"}) == [f"--{name}={value}",
+                                                                  "--xla_cpu_prefer_vector_width=512"]
+    mine = {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=256"}
+    assert add_default_xla_flags(mine, {"avx512f"}) == [f"--{name}={value}"]
+    assert "--xla_cpu_prefer_vector_width=256" in mine["XLA_FLAGS"] and "=512" not in mine["XLA_FLAGS"]
     opted_out = {"BERT_JAX_XLA_FLAGS": "0"}
     assert add_default_xla_flags(opted_out) == [] and "XLA_FLAGS" not in opted_out
