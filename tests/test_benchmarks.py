@@ -50,9 +50,11 @@ def test_quick_run_writes_the_schema_and_sane_losses(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     for key in ("date", "device", "cpu_count", "versions", "loadavg_start", "loadavg_end", "matmul_peak_gflops",
-                "peak_gflops_used", "settings", "rows"):
+                "matmul_peak_gflops_after", "peak_gflops_used", "settings", "rows"):
         assert key in result, key
     assert result["versions"]["jax"] and result["peak_gflops_used"] > 0
+    measured = list(result["matmul_peak_gflops"].values()) + list(result["matmul_peak_gflops_after"].values())
+    assert result["peak_gflops_used"] == max(measured)
     rows = {r["framework"]: r for r in result["rows"]}
     assert set(rows) == {"bert_jax", "torch"}
     vocab = result["settings"]["shapes"]["tiny"]["vocab"]
@@ -61,6 +63,8 @@ def test_quick_run_writes_the_schema_and_sane_losses(tmp_path):
         assert len(row["step_times_s"]) == 3 and row["step_time_s_median"] > 0
         assert row["tokens_per_s"] == pytest.approx(row["tokens_per_step"] / row["step_time_s_median"])
         assert 0 < row["mfu"] < 1
+        assert row["mfu"] == pytest.approx(row["model_flops_per_step"] / row["step_time_s_median"]
+                                           / (result["peak_gflops_used"] * 1e9))
         # Random init: MLM loss at step 0 is about ln(vocab); NSP adds about ln(2).
         assert math.isfinite(row["loss0"]) and math.isfinite(row["loss_last"])
         assert row["mlm_loss0"] == pytest.approx(math.log(vocab), abs=0.25), name
