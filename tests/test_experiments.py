@@ -71,6 +71,15 @@ def test_figure5_fine_tunes_table5_runs_at_intermediate_steps():
     assert grids.MINI.pretrain["train.keep_checkpoints"] >= len(steps)  # and none is deleted
     assert grid.plot == "figure5"
     assert paper.PAPER_NUMBERS["figure5"] == {} and paper.PAPER_CLAIMS["figure5"]
+    # the last point is the final checkpoint: its fine-tuning jobs are table5's, not run twice; the others are not
+    sst2 = next(c for c in grid.columns if c.key == "SST-2")
+    t5_sst2 = next(c for c in t5.columns if c.key == "SST-2")
+    bert = next(v for v in t5.variants if v.name == "BERT_BASE")
+    last, first = grid.variants[len(steps) - 1], grid.variants[0]
+    assert last.final_checkpoint and last.init_suffix == "" and first.init_suffix == f"@{steps[0]}"
+    assert runner.finetune_dir("W", last, sst2, runs[0].run_id) == runner.finetune_dir("W", bert, t5_sst2,
+                                                                                        runs[0].run_id)
+    assert runner.finetune_dir("W", first, sst2, runs[0].run_id).startswith(f"W/finetune/{runs[0].run_id}@")
 
 
 def test_table8_masking_ratios():

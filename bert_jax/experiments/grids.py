@@ -36,6 +36,14 @@ class Variant:
     shares_pretraining_with: str = ""  # documentation and tests; the runner shares by identical overrides
     init_step: int = 0  # fine-tune from this pretraining step (figure5); 0 = the final checkpoint
     series: str = ""  # figure5: the line this row belongs to
+    # figure5's last point: init_step is the run's last step, so it fine-tunes from the final checkpoint and
+    # shares those jobs with the grids that fine-tune the same run (table5's BERT and LTR rows)
+    final_checkpoint: bool = False
+
+    @property
+    def init_suffix(self) -> str:
+        """'@STEP' for an intermediate checkpoint, '' for the final one (see `bert-jax finetune --init`)."""
+        return f"@{self.init_step}" if self.init_step and not self.final_checkpoint else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +231,7 @@ def figure5(scale: str) -> Grid:
     if s.phase2_config:  # the paper's 1M steps: phase one's checkpoints, the last point after phase two
         steps = [int(round(f * (s.steps + s.steps // 9))) for f in s.checkpoint_fractions]
     variants = tuple(Variant(f"{series} @ {step}", pretrain, init_step=step, series=series,
-                             shares_pretraining_with=series if i else "")
+                             shares_pretraining_with=series if i else "", final_checkpoint=step == steps[-1])
                      for series, pretrain in (("MLM", BERT), ("LTR", LTR)) for i, step in enumerate(steps))
     columns = (Column("MNLI-m", "glue/mnli"), Column("SST-2", "glue/sst2", scales=GLUE_MINI_EXTRAS),
                dataclasses.replace(MRPC, scales=GLUE_MINI_EXTRAS))

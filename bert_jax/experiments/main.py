@@ -143,8 +143,8 @@ def paper_commands(name: str) -> tuple[list[str], dict]:
     for variant in grid.variants:
         rid = runner.run_id(grid.pretrain_overrides(variant))
         init = final_dir[rid]
-        if variant.init_step and variant.init_step <= s.steps:
-            init = f"$OUT/pretrain/{rid}@{variant.init_step}"
+        if variant.init_suffix and variant.init_step <= s.steps:
+            init = f"$OUT/pretrain/{rid}{variant.init_suffix}"
         for column in grid.columns:
             family = column.task.split("/")[0]
             if column.task == grids_lib.PERPLEXITY:

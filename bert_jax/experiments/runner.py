@@ -61,7 +61,7 @@ def finetune_options(variant: Variant, column: Column) -> dict:
 
 
 def finetune_dir(workdir: str, variant: Variant, column: Column, rid: str) -> str:
-    init = rid + (f"@{variant.init_step}" if variant.init_step else "")
+    init = rid + variant.init_suffix
     slug = "".join(ch if ch.isalnum() else "_" for ch in column.key).strip("_").lower()
     return os.path.join(workdir, "finetune", init, f"{slug}-{fingerprint({'task': column.task, **finetune_options(variant, column)})}")
 
@@ -183,7 +183,7 @@ def plan_finetune(grid: Grid, variant: Variant, column: Column, run_dir: str, ri
         return {"status": "n/a", "reason": where.reason}
     assert isinstance(where, TaskData)
     out = finetune_dir(workdir, variant, column, rid)
-    init = run_dir + (f"@{variant.init_step}" if variant.init_step else "")
+    init = run_dir + variant.init_suffix
     options = [x for k, v in sorted(finetune_options(variant, column).items()) for x in (f"--{k}", str(v))]
     argv = ["--task", column.task, "--data_dir", where.data_dir, "--init", init, "--workdir", out, *where.args,
             *grid.scale.finetune.args(column.task), *options]
