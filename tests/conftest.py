@@ -6,6 +6,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The flags `bert-jax` starts XLA with: in-process runs here must compile as the CLI's subprocesses do (the
+# vector width changes float rounding), or a resumed CLI run could not match an in-process one bit for bit.
+from bert_jax.xla_flags import add_default_xla_flags  # noqa: E402  (imports no jax)
+
+add_default_xla_flags()
 
 import jax  # noqa: E402
 
