@@ -151,10 +151,16 @@ class ObjectiveSet:
         specific = min(self.objectives, key=lambda o: len(o.data_modes))
         return tuple(m for m in specific.data_modes if all(m in o.data_modes for o in self.objectives))
 
+    def reads_final_layer_sparsely(self, config: ModelConfig) -> bool:
+        """Whether `PretrainModel` asks the encoder for the objectives' positions only (every objective declares
+        them and `model.sparse_final_layer` is on)."""
+        return config.sparse_final_layer and all(o.positions is not None for o in self.objectives)
+
     def final_layer_positions(self, batch: Batch, config: ModelConfig) -> int | None:
         """How many positions the encoder's last layer computes per example: the objectives' `positions` summed
-        when the sparse final layer applies (`PretrainModel`), else None (all of them)."""
-        if not config.sparse_final_layer or config.scan_layers or any(o.positions is None for o in self.objectives):
+        when it reads them sparsely and the stack is not scanned (a scanned stack computes the layer whole),
+        else None (all of them)."""
+        if config.scan_layers or not self.reads_final_layer_sparsely(config):
             return None
         return sum(int(o.positions(batch).shape[1]) for o in self.objectives)
 
@@ -253,7 +259,7 @@ class PretrainModel(nn.Module):
         sums: dict[str, Array] = {}
         shared: dict = {}
         objectives = self.objectives.objectives
-        sparse = self.config.sparse_final_layer and all(o.positions is not None for o in objectives)
+        sparse = self.objectives.reads_final_layer_sparsely(self.config)
         for i, objective in enumerate(objectives):
             ctx = Context(self, self.config, encoder, batch, deterministic, self.objectives.options[objective.name],
                           objective, shared)

@@ -12,8 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.model.layers import gather_positions
-from bert_jax.model.layers import LayerNorm, dense, normal_init, zeros_init
+from bert_jax.model.layers import LayerNorm, dense, gather_positions, normal_init, zeros_init
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
 
