@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "train-tokenizer": ("bert_jax.data.tokenizer_cli", "Train a WordPiece vocab from a corpus."),
     "make-data": ("bert_jax.data.make_data", "Build fixed-length pretraining examples (sharded, resumable)."),
     "pretrain": ("bert_jax.train.pretrain", "Pretrain an encoder (mesh or pmap, resumable)."),
+    "evaluate": ("bert_jax.train.evaluate", "Score a checkpoint's held-out MLM/LTR perplexity against the unigram floor."),
     "finetune": ("bert_jax.finetune.main", "Fine-tune and evaluate on GLUE, SQuAD or NER."),
     "convert": ("bert_jax.interop.convert_cli", "Convert between transformers checkpoints and bert_jax params."),
     "export": ("bert_jax.train.export", "Write params only from a pretraining workdir."),

@@ -61,7 +61,7 @@ def get_config(arg=None):
         strategy="mesh",  # "mesh" (jit + NamedSharding) or "pmap" (replicated params, data parallel)
         log_every=10 if on_cpu else 100,
         eval_every=200 if on_cpu else 10_000,
-        eval_batches=8 if on_cpu else 100,  # 0 = the whole eval set
+        eval_batches=0 if on_cpu else 100,  # 0 = the whole eval set
         checkpoint_every=200 if on_cpu else 5_000,
         keep_checkpoints=3,
         async_checkpoints=True,

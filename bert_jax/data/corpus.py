@@ -5,7 +5,9 @@ Formats (`ReaderOptions.format`):
   text   plain prose; a document is a whole file (`doc_boundary="file"`) or each blank-line-separated
          block (`doc_boundary="blank_line"`); lines inside a block are joined and split into sentences;
   jsonl  one JSON object per line, the document text under `text_field`, treated like `text`;
-  auto   jsonl for *.jsonl / *.json (optionally .gz), bert otherwise.
+  wikiextractor, gutenberg, wikitext   corpora as downloaded (see `corpus_formats`);
+  auto   jsonl for *.jsonl / *.json (optionally .gz); else wikiextractor, wikitext or gutenberg when the file's
+         first 64 KiB look like one (`corpus_formats.sniff_format`); bert otherwise.
 Files ending in .gz are decompressed on the fly. Nothing holds more than one document (bounded by
 `max_doc_chars`: longer documents are cut at paragraph/sentence boundaries into pieces that share an
 `origin`) or one line (lines over `max_line_bytes` are skipped and counted).
@@ -30,8 +32,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-FORMATS = ("auto", "bert", "text", "jsonl")
+from bert_jax.data.corpus_formats import gutenberg_body, sniff_format, wikiextractor_documents, wikitext_documents
+
+FORMATS = ("auto", "bert", "text", "jsonl", "wikiextractor", "gutenberg", "wikitext")
 DOC_BOUNDARIES = ("file", "blank_line")
+FORMAT_HELP = ("how to read --input: bert (a sentence per line, blank line between documents), text (prose; see "
+               "--doc_boundary), jsonl (--text_field of each line), wikiextractor (<doc> ... </doc>, title line "
+               "dropped), gutenberg (Project Gutenberg book, licence header and footer dropped), wikitext (' = Title = ' "
+               "articles, <unk> dropped, @-@ joins undone); auto (default) picks per file: jsonl by extension, else "
+               "by the first 64 KiB, else bert")
 
 
 class CorpusError(ValueError):
@@ -81,10 +90,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
 
 
 def file_format(path: str, options: ReaderOptions) -> str:
-    if options.format != "auto":
-        return options.format
-    name = path[:-3] if path.endswith(".gz") else path
-    return "jsonl" if name.endswith((".jsonl", ".json")) else "bert"
+    return options.format if options.format != "auto" else sniff_format(path)
 
 
 def _decode(block: bytes, stats: collections.Counter) -> str:
@@ -184,6 +190,12 @@ def iter_raw_documents(files: Sequence[str], options: ReaderOptions, stats: coll
             docs = _bert_documents(lines)
         elif fmt == "jsonl":
             docs = _jsonl_documents(lines, options.text_field, stats)
+        elif fmt == "wikiextractor":
+            docs = wikiextractor_documents(lines, stats)
+        elif fmt == "wikitext":
+            docs = wikitext_documents(lines, stats)
+        elif fmt == "gutenberg":
+            docs = iter([_paragraphs(gutenberg_body(lines, stats), options.max_doc_chars)])
         elif options.doc_boundary == "file":
             docs = iter([_paragraphs(lines, options.max_doc_chars)])
         else:

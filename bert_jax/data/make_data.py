@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from bert_jax.data import shards
-from bert_jax.data.corpus import FORMATS, CorpusError, RawDocument, ReaderOptions, expand_inputs, iter_raw_documents
+from bert_jax.data.corpus import FORMAT_HELP, FORMATS, CorpusError, RawDocument, ReaderOptions, expand_inputs, iter_raw_documents
 from bert_jax.data.instances import MODES, InstanceConfig, InstanceError, build_unit
 from bert_jax.data.tokenizer import TokenizerError, WordPieceTokenizer, load_tokenizer
 
@@ -200,14 +200,31 @@ def build_dataset(
     elapsed = time.perf_counter() - start
 
     manifest = _manifest(metas, args, tokenizer, reader_stats)
-    if manifest["documents"] == 0:
+    if manifest["documents"] == 0 or manifest["examples"] == 0:
         hint = f" ({reader_stats['missing_text_field']} JSON lines lack --text_field {reader.text_field!r})" \
             if reader_stats["missing_text_field"] else ""
-        raise CorpusError(f"--input {' '.join(inputs)} holds no text{hint}; point --input at non-empty text files")
+        what = "no text" if manifest["documents"] == 0 else (
+            f"{manifest['documents']} documents but no {mode} example (skipped: {manifest['skipped'] or 'none'})")
+        raise CorpusError(f"--input {' '.join(inputs)} holds {what}{hint}; point --input at more text, or check "
+                          "--format (a wrong format can read a whole file as one sentence)")
+    manifest["token_counts"] = token_counts(output_dir, manifest, tokenizer)
     shards.write_json_atomic(os.path.join(output_dir, shards.MANIFEST), manifest)
     log(f"make-data: {manifest['examples']} examples in {len(metas)} shards ({built} built now) from "
         f"{manifest['documents']} documents, {manifest['tokens']} tokens, {elapsed:.1f}s -> {output_dir}")
     return manifest
+
+
+def token_counts(out_dir: str, manifest: dict, tokenizer: WordPieceTokenizer) -> list[int]:
+    """How often each vocab id occurs in the examples ([PAD], [CLS], [SEP] not counted): the unigram model that
+    `bert-jax evaluate` and the in-run eval score as the floor a pretrained model must beat. Kept in the
+    manifest, so it travels with every checkpoint of a run trained on this data."""
+    examples = shards.open_examples(out_dir, manifest)
+    counts = np.zeros(tokenizer.vocab_size, np.int64)
+    for arrays in examples.shards:
+        counts += np.bincount(np.asarray(arrays["input_ids"]).ravel(), minlength=tokenizer.vocab_size)[:len(counts)]
+    for name in ("pad", "cls", "sep"):
+        counts[tokenizer.special_ids[name]] = 0
+    return counts.tolist()
 
 
 def _manifest(metas: list[dict], args: dict, tokenizer: WordPieceTokenizer, reader_stats: collections.Counter) -> dict:
@@ -248,24 +265,35 @@ def _manifest(metas: list[dict], args: dict, tokenizer: WordPieceTokenizer, read
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bert-jax make-data", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", action="append", required=True, help="file or glob (repeatable); 'builtin' for the built-in corpus")
-    p.add_argument("--output", required=True, help="dataset directory")
+    p.add_argument("--input", action="append", required=True,
+                   help="file or glob, .gz read as is (repeatable; quote globs); 'builtin' for the built-in corpus")
+    p.add_argument("--output", required=True,
+                   help="dataset directory (created; a rerun with the same arguments finishes or reuses it)")
     p.add_argument("--vocab", help="vocab.txt or a directory with one (required unless --input builtin)")
     case = p.add_mutually_exclusive_group()
-    case.add_argument("--cased", dest="lowercase", action="store_false", default=None)
-    case.add_argument("--uncased", dest="lowercase", action="store_true")
-    p.add_argument("--mode", choices=MODES, default="segment-pair")
-    p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--format", choices=FORMATS, default="auto")
-    p.add_argument("--text_field", default="text")
-    p.add_argument("--doc_boundary", choices=("file", "blank_line"), default="file")
-    p.add_argument("--short_seq_prob", type=float, default=0.1)
-    p.add_argument("--dupe_factor", type=int, default=1)
-    p.add_argument("--unit_chars", type=int, default=DEFAULT_UNIT_CHARS, help="characters of text per shard")
-    p.add_argument("--max_line_bytes", type=int, default=ReaderOptions.max_line_bytes)
-    p.add_argument("--max_doc_chars", type=int, default=ReaderOptions.max_doc_chars)
+    case.add_argument("--cased", dest="lowercase", action="store_false", default=None,
+                      help="keep case (default: what the vocab's tokenizer_config.json says, else uncased)")
+    case.add_argument("--uncased", dest="lowercase", action="store_true", help="lowercase and strip accents")
+    p.add_argument("--mode", choices=MODES, default="segment-pair",
+                   help="example layout: segment-pair (NSP pairs, BERT), sop (swapped pairs, ALBERT), or a "
+                        "single-segment mode (default: %(default)s)")
+    p.add_argument("--seq_len", type=int, default=128, help="tokens per example with [CLS]/[SEP] (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pair splits and random next segments")
+    p.add_argument("--workers", type=int, default=1, help="tokenising processes (the output does not depend on it)")
+    p.add_argument("--format", choices=FORMATS, default="auto", help=FORMAT_HELP)
+    p.add_argument("--text_field", default="text", help="--format jsonl: the field holding each document's text")
+    p.add_argument("--doc_boundary", choices=("file", "blank_line"), default="file",
+                   help="--format text: a document is a whole file, or each blank-line-separated block")
+    p.add_argument("--short_seq_prob", type=float, default=0.1,
+                   help="share of examples given a shorter random target length, as BERT (default: %(default)s)")
+    p.add_argument("--dupe_factor", type=int, default=1,
+                   help="passes over the corpus, each with fresh pair splits (default: %(default)s)")
+    p.add_argument("--unit_chars", type=int, default=DEFAULT_UNIT_CHARS,
+                   help="characters of text per shard (the unit of parallel and resumed work)")
+    p.add_argument("--max_line_bytes", type=int, default=ReaderOptions.max_line_bytes,
+                   help="longer lines are skipped and counted in the manifest")
+    p.add_argument("--max_doc_chars", type=int, default=ReaderOptions.max_doc_chars,
+                   help="longer documents are cut into pieces at paragraph/sentence boundaries")
     p.add_argument("--vocab_size", type=int, default=None,
                    help="--input builtin without --vocab: most tokens of the vocab to train (default 4096)")
     p.add_argument("--num_docs", type=int, default=None, help="--input builtin: number of documents to generate")

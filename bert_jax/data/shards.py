@@ -146,8 +146,10 @@ def read_manifest(path: str) -> dict:
         return json.load(f)
 
 
-def open_examples(path: str) -> Examples:
-    manifest = read_manifest(path)
+def open_examples(path: str, manifest: dict | None = None) -> Examples:
+    """All shards of a finished dataset; the builder passes the manifest it is about to write, to read its own
+    output before the manifest marks it finished."""
+    manifest = read_manifest(path) if manifest is None else manifest
     shards, offsets = [], [0]
     for entry in manifest["shards"]:
         shard_dir = os.path.join(path, entry["name"])

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Sequence
 
-from bert_jax.data.corpus import FORMATS, CorpusError, ReaderOptions, iter_documents
+from bert_jax.data.corpus import FORMAT_HELP, FORMATS, CorpusError, ReaderOptions, iter_documents
 from bert_jax.data.tokenizer import TokenizerError, load_tokenizer, save_vocab, train_wordpiece
 
 
@@ -27,17 +27,21 @@ def train_wordpiece_files(patterns: Sequence[str], vocab_size: int, lowercase: b
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bert-jax train-tokenizer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", action="append", required=True, help="file or glob (repeatable; .gz read transparently)")
-    p.add_argument("--vocab_size", type=int, required=True)
+    p.add_argument("--input", action="append", required=True,
+                   help="file or glob (repeatable; quote globs; .gz read transparently)")
+    p.add_argument("--vocab_size", type=int, required=True, help="most tokens in the vocab, special tokens included")
     p.add_argument("--output", required=True, help="directory for vocab.txt and tokenizer_config.json")
     p.add_argument("--cased", action="store_true", help="keep case and accents (default: uncased, like bert-base-uncased)")
-    p.add_argument("--min_frequency", type=int, default=2)
-    p.add_argument("--format", choices=FORMATS, default="auto")
-    p.add_argument("--text_field", default="text")
+    p.add_argument("--min_frequency", type=int, default=2,
+                   help="a merge must occur at least this often to enter the vocab (default: %(default)s)")
+    p.add_argument("--format", choices=FORMATS, default="auto", help=FORMAT_HELP)
+    p.add_argument("--text_field", default="text", help="--format jsonl: the field holding each document's text")
+    p.add_argument("--doc_boundary", choices=("file", "blank_line"), default="file",
+                   help="--format text: a document is a whole file, or each blank-line-separated block")
     a = p.parse_args(argv)
     start = time.perf_counter()
     try:
-        reader = ReaderOptions(format=a.format, text_field=a.text_field)
+        reader = ReaderOptions(format=a.format, text_field=a.text_field, doc_boundary=a.doc_boundary)
         vocab = train_wordpiece_files(a.input, a.vocab_size, lowercase=not a.cased, reader=reader,
                                       min_frequency=a.min_frequency)
         save_vocab(a.output, vocab, lowercase=not a.cased)

@@ -35,6 +35,8 @@ class PretrainedInit:
     vocab_path: str | None  # the vocab.txt the weights were trained with, when the source records it
     fingerprint: str
     step: int | None = None
+    saved_config: dict | None = None  # a workdir's run config (objectives, data, ...)
+    manifest: dict | None = None  # a workdir's pretraining-data manifest (token counts for the unigram floor)
 
     def describe(self) -> dict:
         return {"init": self.path, "init_kind": self.kind, "init_fingerprint": self.fingerprint,
@@ -68,7 +70,8 @@ def _from_workdir(path: str, step: int | None) -> PretrainedInit:
     # student is 'encoder' whatever the objective.
     params = {k: v for k, v in params.items() if k in ("encoder", "pooler", "mlm_head", "nsp_head", "sop_head")}
     config, params = _unscanned(config, params)
-    return PretrainedInit("workdir", os.path.abspath(path), config, params, vocab, params_fingerprint(params), step)
+    return PretrainedInit("workdir", os.path.abspath(path), config, params, vocab, params_fingerprint(params), step,
+                          saved, manifest)
 
 
 def _from_params_file(path: str) -> PretrainedInit:

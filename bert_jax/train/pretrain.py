@@ -24,6 +24,7 @@ import numpy as np
 from bert_jax import configlib
 from bert_jax.data.masking import num_predictions
 from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
+from bert_jax.data.unigram import TERMS as UNIGRAM_TERMS, UnigramFloor, add_perplexities
 from bert_jax.objectives.base import ObjectiveSet, PretrainModel
 from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, data_parallel_size, make_mesh
 from bert_jax.train import checkpoint as ckpt
@@ -185,20 +186,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     else:
         raise ValueError(f"train.strategy={t.strategy!r} is unknown; choose 'mesh' or 'pmap'")
 
+    # Data built before make-data recorded token counts has no floor; the eval then reports perplexity alone.
+    floor = UnigramFloor.from_manifest(manifest, train_dir, model_cfg.vocab_size) if "token_counts" in manifest \
+        else None
+
     def evaluate(params) -> dict[str, float]:
         if not eval_dir:
             return {}
         it = make_eval_iterator(eval_dir, t.global_batch_size, masking, mask_seed=t.seed, **data_kwargs)
-        totals: dict[str, float] = {}
+        totals: dict[str, float] = {"examples": 0.0}
         for i, batch in enumerate(it):
             if t.eval_batches and i >= t.eval_batches:
                 break
-            for k, v in jax.device_get(run_eval(params, batch)).items():
+            sums = jax.device_get(run_eval(params, batch))
+            if floor is not None:
+                for term in UNIGRAM_TERMS:
+                    if f"sum/{term}" in sums:
+                        sums.update(floor.batch_sums(batch, term))
+            for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        out = summarize(totals)
-        if "mlm_loss" in out:
-            out["mlm_perplexity"] = float(np.exp(min(out["mlm_loss"], 50.0)))
-        return out
+            totals["examples"] += float((batch["input_mask"].max(axis=1) > 0).sum())
+        return add_perplexities(summarize(totals))
 
     writer = MetricsWriter(workdir, enabled=process_index == 0)
     preempted = ckpt.install_preemption_handler()

@@ -1,0 +1,81 @@
+"""The unigram floor: what a model that ignores context scores on the same predictions.
+
+A pretrained model has learned something only where it beats predicting every target from its own pretraining
+data's token frequencies. `make-data` records those frequencies in its manifest (`token_counts`, one count per
+vocab id, [PAD]/[CLS]/[SEP] not counted); this module scores them on exactly the targets a batch asks the model
+for (MLM: the masked positions; LTR: every next token), on the host, with vectorised numpy.
+
+    p(t) = (count[t] + 1) / (total + V)      (add-one, so a token never seen in pretraining has a finite cost)
+
+The floor's perplexity is exp(mean -log p(target)) over the same positions and weights as the model's loss, and
+the ratio reported beside it is model perplexity / floor perplexity: 1 at the floor, below 1 when the model
+uses context.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+# The loss term each floor shadows, and where a batch keeps its targets.
+TERMS = ("mlm_loss", "ltr_loss")
+
+
+class UnigramError(ValueError):
+    """No token counts to build a floor from; the message names the data and the fix."""
+
+
+@dataclass(frozen=True)
+class UnigramFloor:
+    neg_log_prob: np.ndarray  # float64 [V]
+
+    @classmethod
+    def from_counts(cls, counts, vocab_size: int | None = None) -> "UnigramFloor":
+        counts = np.asarray(counts, np.float64)
+        if vocab_size is not None and vocab_size > len(counts):  # a model vocab padded past the data's
+            counts = np.concatenate([counts, np.zeros(vocab_size - len(counts))])
+        probs = (counts + 1.0) / (counts.sum() + len(counts))
+        return cls(-np.log(probs))
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping, source: str, vocab_size: int | None = None) -> "UnigramFloor":
+        counts = manifest.get("token_counts")
+        if counts is None:
+            raise UnigramError(f"{source}: its manifest has no token_counts (built before they were recorded); "
+                               "rerun `bert-jax make-data` with the same arguments into a new --output")
+        return cls.from_counts(counts, vocab_size)
+
+    def batch_sums(self, batch: Mapping[str, np.ndarray], term: str) -> dict[str, float]:
+        """{'sum/<floor>': total -log p over the batch's weighted targets, 'count/<floor>': their weight}."""
+        if term == "mlm_loss":
+            targets, weights = batch["masked_ids"], batch["masked_weights"]
+        elif term == "ltr_loss":
+            mask = np.asarray(batch["input_mask"])
+            targets = batch["input_ids"][:, 1:]
+            weights = ((mask[:, :-1] != 0) & (mask[:, :-1] == mask[:, 1:])).astype(np.float64)
+        else:
+            raise ValueError(f"no unigram floor for loss term {term!r}; one of {TERMS}")
+        weights = np.asarray(weights, np.float64)
+        nll = self.neg_log_prob[np.asarray(targets)]
+        name = floor_name(term)
+        return {f"sum/{name}": float((nll * weights).sum()), f"count/{name}": float(weights.sum())}
+
+
+def floor_name(term: str) -> str:
+    return term.replace("_loss", "_unigram_loss")
+
+
+def add_perplexities(summary: dict[str, float]) -> dict[str, float]:
+    """Beside each mean loss of TERMS (and its floor, when scored): perplexity, floor perplexity and their ratio."""
+    out = dict(summary)
+    for term in TERMS:
+        if term not in summary:
+            continue
+        prefix = term[:-len("_loss")]
+        out[f"{prefix}_perplexity"] = float(np.exp(min(summary[term], 50.0)))
+        floor = summary.get(floor_name(term))
+        if floor is not None:
+            out[f"{prefix}_unigram_perplexity"] = float(np.exp(min(floor, 50.0)))
+            out[f"{prefix}_perplexity_ratio"] = float(np.exp(np.clip(summary[term] - floor, -50.0, 50.0)))
+    return out
