@@ -3,11 +3,11 @@
     python experiments/recipe_probes.py --workdir /work/probes [--shared_data ../shared/data] [--tokens 2097152]
         [--only base,lr2e-3] [--out experiments/results]
 
-Each probe is one `bert-jax pretrain` run of the mini model (MLM+NSP) on the new corpus (`corpus/gutenberg-292`
+Each probe is one `bert-jax pretrain` run of the mini scale's BERT model (4/192/12, MLM+NSP) on the new corpus (`corpus/gutenberg-292`
 and `corpus/enwiki-2015-sample`), changed from the base recipe in one setting, with the same token budget and
-its learning-rate schedule ending at that budget. Its in-run eval scores a fixed held-out subset (1,024 examples)
-every eighth of the budget, against the unigram floor of its own training data; the final checkpoint is then
-scored by `bert-jax evaluate` at a 15% mask rate on 4,096 held-out examples, the same masks for every probe with
+its learning-rate schedule ending at that budget. Its in-run eval scores a fixed held-out subset (512 examples)
+every quarter of the budget, against the unigram floor of its own training data; the final checkpoint is then
+scored by `bert-jax evaluate` at a 15% mask rate on 2,048 held-out examples, the same masks for every probe with
 the same vocab.
 
 Held out, never trained on: the books at positions 0, 29, 58, ... of the sorted Gutenberg file list and the
@@ -26,8 +26,10 @@ import sys
 import time
 
 BATCH, SEQ = 64, 128
-EVAL_EXAMPLES, FINAL_EXAMPLES = 1024, 4096
-BASE = {"model.norm": "pre", "model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0,
+EVAL_EXAMPLES, FINAL_EXAMPLES = 512, 2048
+# The mini scale's BERT_BASE (bert_jax/experiments/grids.py: 12/768/12 -> 4/192/12).
+BASE = {"model.num_layers": 4, "model.hidden_size": 192, "model.num_heads": 12, "model.intermediate_size": 768,
+        "model.max_position_embeddings": SEQ, "model.norm": "pre", "model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0,
         "optimizer.learning_rate": 1e-3, "optimizer.warmup_fraction": 0.1, "train.global_batch_size": BATCH,
         "data.mask_rate": 0.15, "vocab": "google30k"}
 # name: (what it changes, overrides of BASE); in the order they run.
@@ -93,7 +95,7 @@ def probe_command(settings: dict, train: str, heldout: str, tokens: int, workdir
     overrides.update({"data.path": train, "data.eval_path": heldout, "model.vocab_size": 0, "train.steps": steps,
                       "optimizer.total_steps": steps,
                       "optimizer.warmup_steps": max(1, round(steps * settings["optimizer.warmup_fraction"])),
-                      "train.eval_every": steps // 8, "train.eval_batches": EVAL_EXAMPLES // batch,
+                      "train.eval_every": steps // 4, "train.eval_batches": EVAL_EXAMPLES // batch,
                       "train.checkpoint_every": steps // 2, "train.log_every": 25, "train.progress_bar": False})
     return ["bert-jax", "pretrain", "--config", "configs/pretrain.py:mini", "--workdir", workdir,
             *[f"--config.{k}={v}" for k, v in overrides.items()]]
@@ -115,8 +117,8 @@ def write_results(results: dict, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "recipe_probes.json"), "w") as f:
         json.dump(results, f, indent=1)
-    lines = [f"Probes at {results['tokens'] / 1e6:.1f}M pretraining tokens each (mini 4/256/4, MLM+NSP, seq 128); "
-             "held-out ratio = MLM perplexity / unigram perplexity at 15% masking, 4,096 held-out examples.", "",
+    lines = [f"Probes at {results['tokens'] / 1e6:.1f}M pretraining tokens each (mini 4/192/12, MLM+NSP, seq 128); "
+             "held-out ratio = MLM perplexity / unigram perplexity at 15% masking, 2,048 held-out examples.", "",
              "| probe | change from base | ratio | ppl | unigram ppl | MLM acc | NSP acc | ratio at 1/2 budget | seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, p in results["probes"].items():
@@ -138,7 +140,7 @@ def write_results(results: dict, out_dir: str) -> None:
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("pretraining tokens (M)")
     ax.set_ylabel("held-out MLM perplexity / unigram perplexity")
-    ax.set_title("mini recipe probes (in-run eval, 1,024 held-out examples)")
+    ax.set_title("mini recipe probes (in-run eval, 512 held-out examples)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -150,7 +152,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
     p.add_argument("--shared_data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-    p.add_argument("--tokens", type=int, default=2 * 1024 * 1024, help="pretraining tokens per probe")
+    p.add_argument("--tokens", type=int, default=1024 * 1024, help="pretraining tokens per probe")
     p.add_argument("--only", default="", help="comma-separated probe names (default: all, in order)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args()

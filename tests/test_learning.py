@@ -11,11 +11,13 @@ import json
 import os
 import random
 
+import jax
 import pytest
 
 import _pretrain_helpers as h
 from bert_jax.data import make_data
-from bert_jax.train import pretrain
+from bert_jax.finetune.init import load_init
+from bert_jax.train import evaluate, pretrain
 
 WORDS = 60
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -62,15 +64,55 @@ def _train(data_dir, workdir, **extra):
     return evals[-1]
 
 
-def test_mlm_predicts_masked_words_from_their_neighbours(chain_data, tmp_path):
-    final = _train(chain_data["segment-pair"], str(tmp_path))
+@pytest.fixture(scope="module")
+def mlm_run(chain_data, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("mlm_run"))
+    return workdir, _train(chain_data["segment-pair"], workdir)
+
+
+def test_mlm_predicts_masked_words_from_their_neighbours(mlm_run):
+    final = mlm_run[1]
     # Chance is 1/60; the ceiling is below 1 (a word whose neighbours are masked too, or a random-token input).
     assert final["mlm_accuracy"] > 0.6, final
+    # The in-run eval scores the same targets with the training data's token frequencies: far below that floor.
+    assert final["mlm_unigram_perplexity"] > 40 and final["mlm_perplexity_ratio"] < 0.3, final
+
+
+def _evaluate(checkpoint, data_dir, out):
+    assert evaluate.main(["--checkpoint", checkpoint, "--data", data_dir, "--out", str(out)]) == 0
+    with open(out) as f:
+        return json.load(f)
+
+
+def test_evaluate_puts_a_trained_model_far_below_the_unigram_floor_and_a_random_one_at_it(mlm_run, chain_data,
+                                                                                         tmp_path, capsys):
+    workdir, _ = mlm_run
+    trained = _evaluate(workdir, chain_data["segment-pair"], tmp_path / "trained.json")
+    line = capsys.readouterr().out.strip()
+    assert len(line.splitlines()) == 1 and "ratio" in line and str(tmp_path / "trained.json") in line
+    random_init = _evaluate(f"random:{workdir}", chain_data["segment-pair"], tmp_path / "random.json")
+    # Uniform words: the floor is ~WORDS, whatever the model.
+    for result in (trained, random_init):
+        assert abs(result["mlm_unigram_perplexity"] - WORDS) < 8, result
+        assert result["examples"] > 500 and result["unigram_source"] == "the checkpoint's pretraining data"
+    assert trained["mlm_perplexity_ratio"] < 0.3 and trained["nsp_accuracy"] > 0.6, trained
+    assert random_init["mlm_perplexity_ratio"] > 0.9 and random_init["mlm_accuracy"] < 0.1, random_init
+    # The same seed draws the same masks: the floor is scored on the same targets.
+    assert trained["mlm_unigram_loss"] == random_init["mlm_unigram_loss"]
+
+
+def test_finetune_random_init_has_the_pretrained_shapes(mlm_run):
+    pretrained, fresh = load_init(mlm_run[0]), load_init(f"random:{mlm_run[0]}")
+    shapes = lambda params: jax.tree.map(lambda x: tuple(x.shape), params)  # noqa: E731
+    assert shapes(fresh.params) == shapes(pretrained.params)
+    assert fresh.kind == "random" and fresh.vocab_path == pretrained.vocab_path
+    assert fresh.fingerprint != pretrained.fingerprint
 
 
 def test_ltr_predicts_the_next_word_and_cannot_see_it(chain_data, tmp_path):
     final = _train(chain_data["single"], str(tmp_path), objectives="ltr")
     accuracy = final["ltr_accuracy"]
+    assert final["ltr_perplexity_ratio"] < 0.3, final
     # Each next word follows from the current one, except a sentence's first word after '.'.
     assert accuracy > 0.6, final
     # A leak of the future would make the word after '.' predictable as well: 100% is impossible without one.

@@ -25,7 +25,7 @@ def train_wordpiece_files(patterns: Sequence[str], vocab_size: int, lowercase: b
     return train_wordpiece(sentences, vocab_size, lowercase=lowercase, min_frequency=min_frequency)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bert-jax train-tokenizer", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", action="append", required=True,
                    help="file or glob (repeatable; quote globs; .gz read transparently)")
@@ -38,7 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--text_field", default="text", help="--format jsonl: the field holding each document's text")
     p.add_argument("--doc_boundary", choices=("file", "blank_line"), default="file",
                    help="--format text: a document is a whole file, or each blank-line-separated block")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     start = time.perf_counter()
     try:
         reader = ReaderOptions(format=a.format, text_field=a.text_field, doc_boundary=a.doc_boundary)

@@ -31,7 +31,10 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="one of: " + ", ".join(task_names()))
     p.add_argument("--data_dir", required=True)
-    p.add_argument("--init", required=True, help="pretraining workdir[@STEP], params file, or HF checkpoint dir")
+    p.add_argument("--init", required=True,
+                   help="pretraining workdir[@STEP], params file (or a directory with one and its vocab.txt), HF "
+                        "checkpoint dir, or random:WORKDIR / random:configs/pretrain.py:VARIANT (fresh weights, the "
+                        "random-init floor)")
     p.add_argument("--workdir", required=True)
     p.add_argument("--vocab", default="", help="vocab.txt (default: the one the init records)")
     p.add_argument("--learning_rates", type=_floats, default=[5e-5, 3e-5, 2e-5])
@@ -100,7 +103,7 @@ def run(args) -> dict:
     options = {k: getattr(args, k) for k in ("train_file", "dev_file", "doc_stride", "max_query_len",
                                              "max_answer_len", "n_best", "null_threshold")}
     task = get_task(args.task, options)
-    init = load_init(args.init)
+    init = load_init(args.init, args.vocab or None)
     vocab = args.vocab or init.vocab_path
     if not vocab:
         raise InitError(f"--init {args.init} records no vocab; pass --vocab PATH/vocab.txt (the pretraining vocab)")
