@@ -14,6 +14,8 @@ from bert_jax.finetune.init import InitError, load_init
 from bert_jax.model import BertForPreTraining, preset
 from bert_jax.model.params import unbox
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 POSITIVE = ["good", "great", "fine", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull"]
 FILLER = ["the", "a", "film", "movie", "was", "is", "plot", "actor", "story", "very", "quite", "and", "it", "this",
@@ -98,6 +100,38 @@ def test_init_sources_agree_on_the_weights(hf_init, tmp_path):
     np.testing.assert_array_equal(from_hf.params["encoder"]["embeddings"]["token"]["embedding"],
                                   from_file.params["encoder"]["embeddings"]["token"]["embedding"])
     assert load_init(directory).fingerprint == from_hf.fingerprint  # deterministic
+
+
+def test_init_dir_with_a_params_file_and_its_vocab(hf_init, tmp_path):
+    from bert_jax.interop import save_params
+
+    directory, params = hf_init
+    folder = tmp_path / "exported"
+    save_params(str(folder / "params.msgpack"), CFG, params)
+    (folder / "vocab.txt").write_text(open(os.path.join(directory, "vocab.txt")).read())
+    init = load_init(str(folder))
+    assert init.kind == "params" and init.vocab_path == str(folder / "vocab.txt")
+    assert init.fingerprint == load_init(str(folder / "params.msgpack")).fingerprint
+    save_params(str(folder / "other.msgpack"), CFG, params)
+    with pytest.raises(InitError, match="several params files"):
+        load_init(str(folder))
+
+
+def test_random_init_from_a_config_needs_the_vocab_size_and_says_so(hf_init, tmp_path, capsys):
+    directory, _ = hf_init
+    vocab = os.path.join(directory, "vocab.txt")
+    config = os.path.join(REPO, "configs", "pretrain.py") + ":tiny"
+    with pytest.raises(InitError, match="--vocab"):
+        load_init(f"random:{config}")
+    init = load_init(f"random:{config}", vocab)
+    n_vocab = sum(1 for line in open(vocab) if line.strip())
+    assert init.kind == "random" and init.config.num_layers == 2 and init.config.hidden_size == 128
+    assert init.params["encoder"]["embeddings"]["token"]["embedding"].shape == (n_vocab, 128)
+    assert load_init(f"random:{config}", vocab).fingerprint == init.fingerprint  # seed 0: the same floor every time
+    for bad in ("random", "random:", f"random:{tmp_path}"):
+        assert finetune_main.main(args("glue/sst2", str(tmp_path), bad, str(tmp_path / "w"))) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "random:" in err, err
 
 
 def test_buckets_keep_every_row_once_in_fixed_shapes():
