@@ -7,21 +7,23 @@ From a shared-data folder laid out as `../shared/data` (see its README):
   glue/<TASK>/{train,dev}.tsv   read in place; a task without train.tsv (MNLI, QNLI here) is 'n/a: no train set'
   squad/dev-v1.1.json           split by article (even positions: train, odd: eval) into two official-format files
   conll2003/                    optional (absent here: NER columns are n/a)
-WikiText's `<unk>` words are dropped and its ` @-@ `, ` @,@ `, ` @.@ ` joins undone; section headings are dropped.
+WikiText is read by the corpus reader (`--format wikitext`: `<unk>` dropped, ` @-@ ` joins undone, headings dropped).
 
 Every product is written under a temporary name and renamed, beside a stamp of what it was built from, so a
 rerun skips finished steps and a changed input or setting rebuilds instead of reusing a stale file.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import hashlib
 import json
 import os
-import re
 from typing import Callable
 
+from bert_jax.data.corpus import iter_lines
+from bert_jax.data.corpus_formats import wikitext_documents
 from bert_jax.data.make_data import build_dataset
 from bert_jax.data.tokenizer import load_tokenizer, save_vocab
 from bert_jax.data.tokenizer_cli import train_wordpiece_files
@@ -111,26 +113,10 @@ def _write_stamp(path: str, key: dict) -> None:
 
 # ----------------------------------------------------------------------------------------- text
 
-_TITLE = re.compile(r"^ = [^=].* = $")
-_HEADING = re.compile(r"^ = = .* = = $")
-_WIKI_JOINS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
-
-
 def wikitext_articles(path: str) -> list[str]:
-    """Articles of a WikiText file as paragraphs joined by blank lines (titles and headings dropped)."""
-    articles: list[list[str]] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if _TITLE.match(line):
-                articles.append([])
-                continue
-            if not line.strip() or _HEADING.match(line) or not articles:
-                continue
-            text = line.replace("<unk>", " ")
-            for joined, plain in _WIKI_JOINS:
-                text = text.replace(joined, plain)
-            articles[-1].append(" ".join(text.split()))
+    """Articles of a WikiText file as paragraphs joined by blank lines (the corpus reader's clean-up)."""
+    stats: collections.Counter = collections.Counter()
+    articles = (list(doc) for doc in wikitext_documents(iter_lines(path, 1 << 20, stats), stats))
     return ["\n\n".join(paragraphs) for paragraphs in articles if paragraphs]
 
 
