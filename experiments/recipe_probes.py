@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-BATCH, SEQ = 64, 128
+BATCH, SEQ = 32, 128
 EVAL_EXAMPLES, FINAL_EXAMPLES = 512, 2048
 # The mini scale's BERT_BASE (bert_jax/experiments/grids.py: 12/768/12 -> 4/192/12).
 BASE = {"model.num_layers": 4, "model.hidden_size": 192, "model.num_heads": 12, "model.intermediate_size": 768,
@@ -34,16 +34,16 @@ BASE = {"model.num_layers": 4, "model.hidden_size": 192, "model.num_heads": 12, 
         "data.mask_rate": 0.15, "vocab": "google30k"}
 # name: (what it changes, overrides of BASE); in the order they run.
 PROBES = {
-    "base": ("pre-LN, dropout 0, lr 1e-3, warm-up 10%, batch 64, mask 15%, Google 30k vocab", {}),
+    "base": ("pre-LN, dropout 0, lr 1e-3, warm-up 10%, batch 32, mask 15%, Google 30k vocab", {}),
     "lr2e-3": ("peak lr 2e-3", {"optimizer.learning_rate": 2e-3}),
-    "batch32": ("batch 32 (twice the steps)", {"train.global_batch_size": 32}),
     "post_ln": ("post-LN (BERT's)", {"model.norm": "post"}),
-    "dropout0.1": ("dropout 0.1", {"model.dropout_rate": 0.1, "model.attention_dropout_rate": 0.1}),
     "mask30": ("mask rate 30% (80/10/10)", {"data.mask_rate": 0.3}),
     "vocab8k": ("WordPiece 8k trained on the corpus", {"vocab": "wordpiece8k"}),
-    "batch128": ("batch 128 (half the steps)", {"train.global_batch_size": 128}),
+    "batch64": ("batch 64 (half the steps)", {"train.global_batch_size": 64}),
+    "dropout0.1": ("dropout 0.1", {"model.dropout_rate": 0.1, "model.attention_dropout_rate": 0.1}),
     "lr5e-4": ("peak lr 5e-4", {"optimizer.learning_rate": 5e-4}),
     "warmup2": ("warm-up 2%", {"optimizer.warmup_fraction": 0.02}),
+    "batch128": ("batch 128 (a quarter of the steps)", {"train.global_batch_size": 128}),
 }
 
 
@@ -152,7 +152,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
     p.add_argument("--shared_data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-    p.add_argument("--tokens", type=int, default=1024 * 1024, help="pretraining tokens per probe")
+    p.add_argument("--tokens", type=int, default=2 * 1024 * 1024, help="pretraining tokens per probe")
     p.add_argument("--only", default="", help="comma-separated probe names (default: all, in order)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args()

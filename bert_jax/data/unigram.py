@@ -62,6 +62,20 @@ class UnigramFloor:
         return {f"sum/{name}": float((nll * weights).sum()), f"count/{name}": float(weights.sum())}
 
 
+def accumulate(totals: dict[str, float], sums: dict, batch: Mapping[str, np.ndarray],
+               floor: "UnigramFloor | None") -> None:
+    """Add one eval batch to `totals`: the step's sums (on the host), the floor's on the same targets for each loss
+    term of TERMS the step reports, and the number of real examples (rows with a token)."""
+    sums = dict(sums)
+    if floor is not None:
+        for term in TERMS:
+            if f"sum/{term}" in sums:
+                sums.update(floor.batch_sums(batch, term))
+    sums["examples"] = (np.asarray(batch["input_mask"]).max(axis=1) > 0).sum()
+    for key, value in sums.items():
+        totals[key] = totals.get(key, 0.0) + float(value)
+
+
 def floor_name(term: str) -> str:
     return term.replace("_loss", "_unigram_loss")
 

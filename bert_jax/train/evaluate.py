@@ -36,7 +36,7 @@ from bert_jax.data.corpus import FORMAT_HELP, FORMATS, CorpusError, ReaderOption
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.pipeline import make_eval_iterator
 from bert_jax.data.shards import MANIFEST, DataError, read_manifest
-from bert_jax.data.unigram import TERMS, UnigramError, UnigramFloor, add_perplexities
+from bert_jax.data.unigram import UnigramError, UnigramFloor, accumulate, add_perplexities
 from bert_jax.finetune.init import InitError, PretrainedInit, load_init
 from bert_jax.objectives.base import ObjectiveSet, PretrainModel
 from bert_jax.train.step import make_eval_step, summarize
@@ -152,13 +152,7 @@ def evaluate(args) -> dict:
                 break
             if params is None:
                 params = model_params(init, model, batch)
-            sums = jax.device_get(step(params, batch))
-            for term in TERMS:
-                if f"sum/{term}" in sums:
-                    sums.update(floor.batch_sums(batch, term))
-            for k, v in sums.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-            totals["examples"] += float((batch["input_mask"].max(axis=1) > 0).sum())
+            accumulate(totals, jax.device_get(step(params, batch)), batch, floor)
     metrics = add_perplexities(summarize(totals))
     return {"checkpoint": args.checkpoint, "step": init.step, "init_fingerprint": init.fingerprint,
             "data": args.data, "objectives": "+".join(objectives.names), "seed": args.seed,

@@ -24,7 +24,7 @@ import numpy as np
 from bert_jax import configlib
 from bert_jax.data.masking import num_predictions
 from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
-from bert_jax.data.unigram import TERMS as UNIGRAM_TERMS, UnigramFloor, add_perplexities
+from bert_jax.data.unigram import UnigramFloor, accumulate, add_perplexities
 from bert_jax.objectives.base import ObjectiveSet, PretrainModel
 from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, data_parallel_size, make_mesh
 from bert_jax.train import checkpoint as ckpt
@@ -198,14 +198,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         for i, batch in enumerate(it):
             if t.eval_batches and i >= t.eval_batches:
                 break
-            sums = jax.device_get(run_eval(params, batch))
-            if floor is not None:
-                for term in UNIGRAM_TERMS:
-                    if f"sum/{term}" in sums:
-                        sums.update(floor.batch_sums(batch, term))
-            for k, v in sums.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-            totals["examples"] += float((batch["input_mask"].max(axis=1) > 0).sum())
+            accumulate(totals, jax.device_get(run_eval(params, batch)), batch, floor)
         return add_perplexities(summarize(totals))
 
     writer = MetricsWriter(workdir, enabled=process_index == 0)
