@@ -117,3 +117,7 @@ def test_ltr_predicts_the_next_word_and_cannot_see_it(chain_data, tmp_path):
     assert accuracy > 0.6, final
     # A leak of the future would make the word after '.' predictable as well: 100% is impossible without one.
     assert accuracy < 0.97, final
+    # `evaluate` reads the run's objectives: a causal model is scored on next-token perplexity.
+    scored = _evaluate(str(tmp_path), chain_data["single"], tmp_path / "ltr.json")
+    assert scored["objectives"] == "ltr" and "mlm_loss" not in scored
+    assert scored["ltr_perplexity_ratio"] < 0.3 and scored["ltr_unigram_perplexity"] > 30, scored

@@ -22,13 +22,13 @@ def tiny(tmp_path):
     return manifest
 
 
-def test_make_data_counts_every_token_but_pad_cls_sep(tiny):
-    assert tiny["token_counts"] == [0, 0, 0, 0, 0, 4, 2, 0]
+def test_make_data_counts_every_token_but_pad(tiny):
+    assert tiny["token_counts"] == [0, 0, 2, 2, 0, 4, 2, 0]  # two examples: [CLS] a a a b [SEP], [CLS] a b [SEP]
 
 
 def test_floor_on_masked_targets_by_hand(tiny):
     floor = UnigramFloor.from_manifest(tiny, "tiny")
-    total, v = 6, 8  # add-one over the 8 ids
+    total, v = 6, 8 - 3  # add-one over the 8 ids but [PAD], [CLS], [SEP], which are never masked
     p = {5: (4 + 1) / (total + v), 6: (2 + 1) / (total + v), 7: (0 + 1) / (total + v)}
     batch = {"masked_ids": np.array([[5, 6, 7], [6, 0, 0]]), "masked_weights": np.array([[1.0, 1.0, 1.0], [1.0, 0, 0]])}
     sums = floor.batch_sums(batch, "mlm_loss")
@@ -42,11 +42,12 @@ def test_floor_on_masked_targets_by_hand(tiny):
 
 def test_ltr_floor_scores_each_next_token_of_the_same_example(tiny):
     floor = UnigramFloor.from_manifest(tiny, "tiny")
-    # Two packed examples in one row (input_mask 1 then 2): 'a b' | 'c', then padding.
-    batch = {"input_ids": np.array([[5, 6, 7, 0]]), "input_mask": np.array([[1, 1, 2, 0]])}
+    # Two packed examples in one row (input_mask 1 then 2): 'a [SEP]' | 'c', then padding.
+    batch = {"input_ids": np.array([[5, 3, 7, 0]]), "input_mask": np.array([[1, 1, 2, 0]])}
     sums = floor.batch_sums(batch, "ltr_loss")
-    assert sums["count/ltr_unigram_loss"] == 1  # only a -> b stays inside one example
-    assert sums["sum/ltr_unigram_loss"] == pytest.approx(-math.log(3 / 14))
+    assert sums["count/ltr_unigram_loss"] == 1  # only a -> [SEP] stays inside one example
+    # [SEP] is a next token (count 2 of 8 counted tokens); add-one over the 8 ids but [PAD] and [CLS].
+    assert sums["sum/ltr_unigram_loss"] == pytest.approx(-math.log((2 + 1) / (8 + 6)))
 
 
 def test_a_manifest_without_counts_names_the_fix():

@@ -215,15 +215,14 @@ def build_dataset(
 
 
 def token_counts(out_dir: str, manifest: dict, tokenizer: WordPieceTokenizer) -> list[int]:
-    """How often each vocab id occurs in the examples ([PAD], [CLS], [SEP] not counted): the unigram model that
+    """How often each vocab id occurs in the examples ([PAD] not counted): the unigram model that
     `bert-jax evaluate` and the in-run eval score as the floor a pretrained model must beat. Kept in the
     manifest, so it travels with every checkpoint of a run trained on this data."""
     examples = shards.open_examples(out_dir, manifest)
     counts = np.zeros(tokenizer.vocab_size, np.int64)
     for arrays in examples.shards:
         counts += np.bincount(np.asarray(arrays["input_ids"]).ravel(), minlength=tokenizer.vocab_size)[:len(counts)]
-    for name in ("pad", "cls", "sep"):
-        counts[tokenizer.special_ids[name]] = 0
+    counts[tokenizer.special_ids["pad"]] = 0
     return counts.tolist()
 
 

@@ -2,10 +2,11 @@
 
 A pretrained model has learned something only where it beats predicting every target from its own pretraining
 data's token frequencies. `make-data` records those frequencies in its manifest (`token_counts`, one count per
-vocab id, [PAD]/[CLS]/[SEP] not counted); this module scores them on exactly the targets a batch asks the model
-for (MLM: the masked positions; LTR: every next token), on the host, with vectorised numpy.
+vocab id, [PAD] not counted); this module scores them on exactly the targets a batch asks the model for (MLM: the
+masked positions; LTR: every next token, [SEP] included), on the host, with vectorised numpy.
 
-    p(t) = (count[t] + 1) / (total + V)      (add-one, so a token never seen in pretraining has a finite cost)
+    p(t) = (count[t] + 1) / (total + V')     (add-one, so a token never seen in pretraining has a finite cost;
+                                              V' ids: the vocab less those never a target, [CLS]/[SEP] for MLM)
 
 The floor's perplexity is exp(mean -log p(target)) over the same positions and weights as the model's loss, and
 the ratio reported beside it is model perplexity / floor perplexity: 1 at the floor, below 1 when the model
@@ -26,17 +27,14 @@ class UnigramError(ValueError):
     """No token counts to build a floor from; the message names the data and the fix."""
 
 
+# Ids that are never a target of a term: they get no probability mass in its floor.
+NEVER_TARGETS = {"mlm_loss": ("pad", "cls", "sep"), "ltr_loss": ("pad", "cls")}
+
+
 @dataclass(frozen=True)
 class UnigramFloor:
-    neg_log_prob: np.ndarray  # float64 [V]
-
-    @classmethod
-    def from_counts(cls, counts, vocab_size: int | None = None) -> "UnigramFloor":
-        counts = np.asarray(counts, np.float64)
-        if vocab_size is not None and vocab_size > len(counts):  # a model vocab padded past the data's
-            counts = np.concatenate([counts, np.zeros(vocab_size - len(counts))])
-        probs = (counts + 1.0) / (counts.sum() + len(counts))
-        return cls(-np.log(probs))
+    counts: np.ndarray  # float64 [V]: occurrences of each id in the pretraining examples ([PAD] not counted)
+    special_ids: Mapping[str, int]
 
     @classmethod
     def from_manifest(cls, manifest: Mapping, source: str, vocab_size: int | None = None) -> "UnigramFloor":
@@ -44,7 +42,20 @@ class UnigramFloor:
         if counts is None:
             raise UnigramError(f"{source}: its manifest has no token_counts (built before they were recorded); "
                                "rerun `bert-jax make-data` with the same arguments into a new --output")
-        return cls.from_counts(counts, vocab_size)
+        counts = np.asarray(counts, np.float64)
+        if vocab_size is not None and vocab_size > len(counts):  # a model vocab padded past the data's
+            counts = np.concatenate([counts, np.zeros(vocab_size - len(counts))])
+        return cls(counts, dict(manifest["special_ids"]))
+
+    def neg_log_prob(self, term: str) -> np.ndarray:
+        """-log p(id) under add-one smoothing over the ids that can be the term's targets (+inf for the others)."""
+        never = [self.special_ids[name] for name in NEVER_TARGETS[term]]
+        counts = self.counts.copy()
+        counts[never] = 0.0
+        probs = (counts + 1.0) / (counts.sum() + len(counts) - len(never))
+        out = -np.log(probs)
+        out[never] = np.inf
+        return out
 
     def batch_sums(self, batch: Mapping[str, np.ndarray], term: str) -> dict[str, float]:
         """{'sum/<floor>': total -log p over the batch's weighted targets, 'count/<floor>': their weight}."""
@@ -57,7 +68,8 @@ class UnigramFloor:
         else:
             raise ValueError(f"no unigram floor for loss term {term!r}; one of {TERMS}")
         weights = np.asarray(weights, np.float64)
-        nll = self.neg_log_prob[np.asarray(targets)]
+        nll = self.neg_log_prob(term)[np.asarray(targets)]
+        nll = np.where(weights > 0, nll, 0.0)  # padding slots may hold an id that is never a target
         name = floor_name(term)
         return {f"sum/{name}": float((nll * weights).sum()), f"count/{name}": float(weights.sum())}
 

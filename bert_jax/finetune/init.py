@@ -72,7 +72,8 @@ def _from_workdir(path: str, step: int | None) -> PretrainedInit:
     vocab = (manifest or {}).get("vocab_path")
     # Pretraining-only networks (ELECTRA's generator, a distillation projection) stay behind; the discriminator /
     # student is 'encoder' whatever the objective.
-    params = {k: v for k, v in params.items() if k in ("encoder", "pooler", "mlm_head", "nsp_head", "sop_head")}
+    heads = ("pooler", "mlm_head", "nsp_head", "sop_head", "lm_head")
+    params = {k: v for k, v in params.items() if k == "encoder" or k in heads}
     config, params = _unscanned(config, params)
     return PretrainedInit("workdir", os.path.abspath(path), config, params, vocab, params_fingerprint(params), step,
                           saved, manifest)

@@ -68,8 +68,13 @@ def model_params(init: PretrainedInit, model: PretrainModel, batch: dict) -> dic
     abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), batch)))["params"]
     aliases = {"sop_head": "nsp_head", "nsp_head": "sop_head"}
     out = {}
+    fresh = None
     for name in abstract:
         source = name if name in init.params else aliases.get(name)
+        if source not in init.params and init.kind == "random":  # e.g. an LTR head: random like the rest
+            fresh = fresh or nn.unbox(model.init(jax.random.key(0), batch))["params"]
+            out[name] = fresh[name]
+            continue
         if source not in init.params:
             raise EvaluateError(f"--checkpoint {init.path} has no {name!r} params (it has {sorted(init.params)}); "
                                 "pass --objectives naming only heads it trained")
