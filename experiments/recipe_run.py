@@ -66,6 +66,8 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE over the probe's settings (repeatable)")
     p.add_argument("--tokens", type=int, default=32 * 1024 * 1024)
     p.add_argument("--shared_data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    p.add_argument("--data_root", default="", help="where the split and datasets are built (default <workdir>/data; "
+                                                  "pass recipe_probes.py's <workdir>/data to share them)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args()
     settings = {**probes.BASE, **probes.PROBES[args.probe][1]}
@@ -78,8 +80,8 @@ def main() -> int:
     os.makedirs(args.workdir, exist_ok=True)
     run_dir = os.path.join(args.workdir, "run")
     with open(os.path.join(args.workdir, "recipe.log"), "a") as log:
-        train, heldout = probes.prepare_data(args.shared_data, os.path.join(args.workdir, "data"), settings["vocab"],
-                                             log)
+        train, heldout = probes.prepare_data(args.shared_data, args.data_root or os.path.join(args.workdir, "data"),
+                                             settings["vocab"], log)
         command = probes.probe_command(settings, train, heldout, args.tokens, run_dir)
         steps = int(next(c.split("=", 1)[1] for c in command if c.startswith("--config.train.steps=")))
         command = [c for c in command if not c.startswith(("--config.train.eval_every", "--config.train.checkpoint_every"))]

@@ -32,6 +32,9 @@ def setup_distributed(config: ml_collections.ConfigDict) -> None:
 def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, workdir: str) -> tuple[str, str]:
     """(train dir, eval dir or ''). "builtin" generates, tokenises and caches the built-in corpus."""
     data = config.data
+    if not data.path:
+        raise ValueError("data.path is empty; pass --config.data.path=DIR (a `bert-jax make-data` output) or "
+                         "--config.data.path=builtin")
     if data.path != "builtin":
         return data.path, data.eval_path
     from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, builtin_vocab_dir, prepare_builtin_dataset
