@@ -99,6 +99,27 @@ def test_evaluate_puts_a_trained_model_far_below_the_unigram_floor_and_a_random_
     assert random_init["mlm_perplexity_ratio"] > 0.9 and random_init["mlm_accuracy"] < 0.1, random_init
     # The same seed draws the same masks: the floor is scored on the same targets.
     assert trained["mlm_unigram_loss"] == random_init["mlm_unigram_loss"]
+    # Text files in, tokenised with the run's vocab into a temporary dataset: the same verdict.
+    text = os.path.join(os.path.dirname(chain_data["single"]), "chain.txt")
+    from_text = _evaluate(workdir, text, tmp_path / "text.json")
+    assert from_text["examples"] > 500 and from_text["mlm_perplexity_ratio"] < 0.3, from_text
+
+
+def test_evaluate_refuses_bad_input_in_one_line(mlm_run, chain_data, tmp_path, capsys):
+    workdir, _ = mlm_run
+    cases = [
+        (["--checkpoint", str(tmp_path / "nope"), "--data", chain_data["single"]], "--init"),
+        (["--checkpoint", workdir, "--data", str(tmp_path)], "without manifest.json"),
+        (["--checkpoint", workdir, "--data", chain_data["single"]], "mode 'single'"),  # no NSP pairs in it
+        (["--checkpoint", workdir, "--data", chain_data["segment-pair"], "--objectives", "mlm+sop"], "sentence-order"),
+        (["--checkpoint", workdir, "--data", chain_data["single"], "--objectives", "ltr"], "causal"),
+        (["--checkpoint", workdir, "--data", chain_data["segment-pair"], "--mask_rate", "0"], "--mask_rate"),
+    ]
+    for argv, expected in cases:
+        assert evaluate.main([*argv, "--out", str(tmp_path / "x.json")]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, (argv, err)
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_finetune_random_init_has_the_pretrained_shapes(mlm_run):
