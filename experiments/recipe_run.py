@@ -59,6 +59,28 @@ def train_seconds(workdir: str) -> float:
     return total
 
 
+def plot_curve(record: dict, path: str) -> None:
+    """Held-out ratio and NSP accuracy against pretraining tokens (the in-run evals)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = [c["tokens"] / 1e6 for c in record["curve"]]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(tokens, [c["ratio"] for c in record["curve"]], marker="o", label="MLM perplexity / unigram")
+    ax.plot(tokens, [c["nsp_accuracy"] for c in record["curve"]], marker="s", label="NSP accuracy")
+    ax.axhline(0.25, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("pretraining tokens (M)")
+    ax.set_title(f"mini recipe ({record['probe']}, lr {record['recipe']['optimizer.learning_rate']:g}): held-out, "
+                 "in-run eval")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
@@ -114,6 +136,7 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "recipe_mini.json"), "w") as f:
         json.dump(record, f, indent=1)
+    plot_curve(record, os.path.join(args.out, "recipe_mini.png"))
     print(f"recipe: {record['tokens'] / 1e6:.1f}M tokens, held-out ppl {record['held_out_ppl']:.1f} vs unigram "
           f"{record['unigram_ppl']:.1f} (ratio {record['ratio']:.3f}; random init {record['random_init_ratio']:.3f}), "
           f"NSP {record['nsp_accuracy']:.3f}, {record['seconds'] / 3600:.2f} h at peak {peak:.0f} GFLOP/s")
