@@ -38,6 +38,8 @@ PROBES = {
     "lr2e-3": ("peak lr 2e-3", {"optimizer.learning_rate": 2e-3}),
     "post_ln": ("post-LN (BERT's)", {"model.norm": "post"}),
     "heads3": ("3 heads of 64 (4/192/3) instead of 12 of 16", {"model.num_heads": 3}),
+    "wide256": ("the `mini` preset's width: 4/256/4 (intermediate 1024)",
+                {"model.hidden_size": 256, "model.num_heads": 4, "model.intermediate_size": 1024}),
     "mask30": ("mask rate 30% (80/10/10)", {"data.mask_rate": 0.3}),
     "vocab8k": ("WordPiece 8k trained on the corpus", {"vocab": "wordpiece8k"}),
     "batch64": ("batch 64 (half the steps)", {"train.global_batch_size": 64}),
