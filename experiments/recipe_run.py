@@ -25,19 +25,12 @@ import recipe_probes as probes  # noqa: E402
 FINAL_EXAMPLES = 8192
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
+def matmul_peak_gflops() -> float:
+    """The benchmark harness's jnp.dot peak (benchmarks/train_step.py), best of sizes 1024 and 2048."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    from train_step import matmul_peak_gflops as measure
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dot(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best / 1e9
+    return max(measure((1024, 2048), 5).values())
 
 
 def _value(text: str):

@@ -14,7 +14,7 @@ uses context.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -35,6 +35,7 @@ NEVER_TARGETS = {"mlm_loss": ("pad", "cls", "sep"), "ltr_loss": ("pad", "cls")}
 class UnigramFloor:
     counts: np.ndarray  # float64 [V]: occurrences of each id in the pretraining examples ([PAD] not counted)
     special_ids: Mapping[str, int]
+    _neg_log_prob: dict = field(default_factory=dict, compare=False, repr=False)  # per term, computed once
 
     @classmethod
     def from_manifest(cls, manifest: Mapping, source: str, vocab_size: int | None = None) -> "UnigramFloor":
@@ -49,6 +50,11 @@ class UnigramFloor:
 
     def neg_log_prob(self, term: str) -> np.ndarray:
         """-log p(id) under add-one smoothing over the ids that can be the term's targets (+inf for the others)."""
+        if term not in self._neg_log_prob:
+            self._neg_log_prob[term] = self._compute_neg_log_prob(term)
+        return self._neg_log_prob[term]
+
+    def _compute_neg_log_prob(self, term: str) -> np.ndarray:
         never = [self.special_ids[name] for name in NEVER_TARGETS[term]]
         counts = self.counts.copy()
         counts[never] = 0.0
