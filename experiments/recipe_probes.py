@@ -50,6 +50,15 @@ PROBES = {
 }
 
 
+def resolve(name: str) -> tuple[str, dict]:
+    """A probe by name, or several joined by '+' (their changes applied together, left to right)."""
+    parts = name.split("+")
+    unknown = [n for n in parts if n not in PROBES or n == "base" and len(parts) > 1]
+    if unknown:
+        sys.exit(f"recipe_probes: unknown probe(s) {unknown} in {name!r}; choose from {list(PROBES)}, joined by '+'")
+    return "; ".join(PROBES[n][0] for n in parts), {k: v for n in parts for k, v in PROBES[n][1].items()}
+
+
 def split_corpus(shared: str, root: str) -> tuple[str, str]:
     """Symlink folders train/ and heldout/ over the corpus files; returns their globs."""
     books = sorted(glob.glob(os.path.join(shared, "corpus", "gutenberg-292", "*.txt.gz")))
@@ -156,13 +165,13 @@ def main() -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--shared_data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     p.add_argument("--tokens", type=int, default=2 * 1024 * 1024, help="pretraining tokens per probe")
-    p.add_argument("--only", default="", help="comma-separated probe names (default: all, in order)")
+    p.add_argument("--only", default="", help="comma-separated probe names, each one probe or several joined by '+' "
+                   "(e.g. wide256+vocab8k); default: all single probes, in order")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args()
     names = [n for n in (args.only.split(",") if args.only else PROBES) if n]
-    unknown = sorted(set(names) - set(PROBES))
-    if unknown:
-        sys.exit(f"recipe_probes: unknown probe(s) {unknown}; choose from {list(PROBES)}")
+    for name in names:
+        resolve(name)
     os.makedirs(args.workdir, exist_ok=True)
     results_path = os.path.join(args.out, "recipe_probes.json")
     results = {"tokens": args.tokens, "probes": {}}
@@ -175,7 +184,7 @@ def main() -> int:
         for name in names:
             if name in results["probes"]:
                 continue
-            change, overrides = PROBES[name]
+            change, overrides = resolve(name)
             settings = {**BASE, **overrides}
             train, heldout = prepare_data(args.shared_data, os.path.join(args.workdir, "data"), settings["vocab"], log)
             workdir = os.path.join(args.workdir, name)

@@ -77,7 +77,7 @@ def plot_curve(record: dict, path: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--probe", default="base", choices=list(probes.PROBES))
+    p.add_argument("--probe", default="base", help="a probe of recipe_probes.py, or several joined by '+'")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE over the probe's settings (repeatable)")
     p.add_argument("--tokens", type=int, default=32 * 1024 * 1024)
     p.add_argument("--shared_data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -85,7 +85,7 @@ def main() -> int:
                                                   "pass recipe_probes.py's <workdir>/data to share them)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args()
-    settings = {**probes.BASE, **probes.PROBES[args.probe][1]}
+    settings = {**probes.BASE, **probes.resolve(args.probe)[1]}
     for item in args.set:
         key, _, text = item.partition("=")
         if key not in settings:
