@@ -45,6 +45,7 @@ PROBES = {
     "batch64": ("batch 64 (half the steps)", {"train.global_batch_size": 64}),
     "dropout0.1": ("dropout 0.1", {"model.dropout_rate": 0.1, "model.attention_dropout_rate": 0.1}),
     "lr5e-4": ("peak lr 5e-4", {"optimizer.learning_rate": 5e-4}),
+    "lr4e-3": ("peak lr 4e-3", {"optimizer.learning_rate": 4e-3}),
     "warmup2": ("warm-up 2%", {"optimizer.warmup_fraction": 0.02}),
     "batch128": ("batch 128 (a quarter of the steps)", {"train.global_batch_size": 128}),
 }
