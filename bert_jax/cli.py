@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "pretrain": ("bert_jax.train.pretrain", "Pretrain an encoder (mesh or pmap, resumable)."),
     "evaluate": ("bert_jax.train.evaluate", "Score a checkpoint's held-out MLM/LTR perplexity against the unigram floor."),
     "finetune": ("bert_jax.finetune.main", "Fine-tune and evaluate on GLUE, SQuAD or NER."),
+    "build-qnli": ("bert_jax.finetune.qnli", "Build GLUE's QNLI TSV from a SQuAD v1.1 file (GLUE's recipe)."),
     "convert": ("bert_jax.interop.convert_cli", "Convert between transformers checkpoints and bert_jax params."),
     "export": ("bert_jax.train.export", "Write params only from a pretraining workdir."),
     "experiment": ("bert_jax.experiments.main", "Run an ablation grid and write its tables."),

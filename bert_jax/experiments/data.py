@@ -5,6 +5,12 @@ From a shared-data folder laid out as `../shared/data` (see its README):
   corpus/wikitext-2/valid.txt   articles (each begins with a ` = Title = ` line): the first ~90% of articles are
                                 pretraining text, the rest is the held-out set for MLM perplexity
   glue/<TASK>/{train,dev}.tsv   read in place; a task without train.tsv (MNLI, QNLI here) is 'n/a: no train set'
+                                unless built as below
+  nli/*.csv                     the MNLI column: train on MNLI dev_mismatched + SNLI dev + SNLI test (29,498 gold
+                                pairs), score MNLI dev_matched (9,815), read in place (`mnli_column_args`)
+  squad/train-v1.1-reconstructed.json
+                                the QNLI column's train set, built GLUE's way (finetune/qnli.py) into
+                                `<data root>/qnli/train.tsv`; scored on the official glue/QNLI/dev.tsv
   squad/dev-v1.1.json           split by article (even positions: train, odd: eval) into two official-format files
   conll2003/                    optional (absent here: NER columns are n/a)
 WikiText is read by the corpus reader (`--format wikitext`: `<unk>` dropped, ` @-@ ` joins undone, headings dropped).
@@ -65,6 +71,8 @@ class Sources:
     glue: str
     squad_dev: str
     conll: str  # '' when absent
+    nli: str = ""  # the folder of the MNLI/SNLI CSVs ('' when absent)
+    squad_train: str = ""  # SQuAD v1.1 train, source of the QNLI train set ('' when absent)
 
 
 def find_sources(shared_data: str) -> Sources:
@@ -81,8 +89,25 @@ def find_sources(shared_data: str) -> Sources:
         raise ExperimentDataError(f"{shared_data} lacks {', '.join(missing)}; pass --shared_data pointing at a folder "
                                   "laid out as ../shared/data")
     conll = os.path.join(shared_data, "conll2003")
+    nli = os.path.join(shared_data, "nli")
+    squad_train = os.path.join(shared_data, "squad", "train-v1.1-reconstructed.json")
+    has_nli = all(os.path.isfile(p) for files in mnli_column_files(nli).values() for p in files.split(","))
     return Sources(os.path.abspath(shared_data), books, wikitext, os.path.join(shared_data, "glue"), squad,
-                   conll if os.path.isdir(conll) else "")
+                   conll if os.path.isdir(conll) else "", nli if has_nli else "",
+                   squad_train if os.path.isfile(squad_train) else "")
+
+
+def mnli_column_files(nli_dir: str) -> dict[str, str]:
+    """The MNLI column's files: no MNLI train set is public here, so train on the other gold NLI pairs."""
+    names = {"train": ("multinli_1.0_dev_mismatched.csv", "snli_1.0_dev.csv", "snli_1.0_test.csv"),
+             "dev": ("multinli_1.0_dev_matched.csv",)}
+    return {split: ",".join(os.path.join(nli_dir, n) for n in files) for split, files in names.items()}
+
+
+def mnli_column_args(nli_dir: str) -> tuple[str, ...]:
+    """`bert-jax finetune --task glue/mnli` flags for the MNLI column (MNLI-m accuracy on the official dev set)."""
+    files = mnli_column_files(nli_dir)
+    return "--train_file", files["train"], "--dev_file", files["dev"]
 
 
 # ----------------------------------------------------------------------------------------- idempotent steps
@@ -182,6 +207,24 @@ def split_squad(squad_dev: str, root: str, log: Callable[[str], None]) -> str:
     return out_dir
 
 
+def prepare_qnli(squad_train: str, root: str, log: Callable[[str], None]) -> str:
+    """`<root>/qnli/train.tsv` built from SQuAD v1.1 train as GLUE built QNLI; '' when there is no SQuAD train."""
+    if not squad_train:
+        return ""
+    from bert_jax.finetune.qnli import DEFAULT_MIN_OVERLAP, build_qnli
+
+    out_dir = os.path.join(root, "qnli")
+    path, stamp = os.path.join(out_dir, "train.tsv"), os.path.join(out_dir, "stamp.json")
+    key = {"source": _file_id(squad_train), "min_overlap": DEFAULT_MIN_OVERLAP,
+           "rule": "answer sentence + the other sentence sharing most words, both sharing >= min_overlap"}
+    if _stamp_matches(stamp, key) and os.path.isfile(path):
+        return path
+    counts = build_qnli(squad_train, path, DEFAULT_MIN_OVERLAP)
+    _write_stamp(stamp, key)
+    log(f"data: QNLI train from {squad_train}: {counts['rows']} pairs ({counts['entailment']} entailment) -> {path}")
+    return path
+
+
 # ----------------------------------------------------------------------------------------- the prepared set
 
 
@@ -194,6 +237,7 @@ class PreparedData:
     pretrain_text: str
     heldout_text: str
     squad_dir: str
+    qnli_train: str = ""  # built QNLI train TSV ('' without SQuAD train)
 
     def pretraining(self, mode: str, seq_len: int, log: Callable[[str], None] = print) -> tuple[str, str]:
         """(train dir, held-out eval dir) in `mode` at `seq_len`, built on first use (make-data is resumable)."""
@@ -214,9 +258,14 @@ class PreparedData:
             spec = GLUE_TASKS[short]
             folder = os.path.join(self.sources.glue, spec.dirname)
             has = {s: os.path.isfile(os.path.join(folder, spec.files[s])) for s in ("train", "dev")}
-            if not has["train"]:
+            if short == "mnli" and not has["train"] and self.sources.nli:
+                return TaskData(self.sources.nli, mnli_column_args(self.sources.nli))
+            built = ()  # QNLI's train set, built from SQuAD train when GLUE's is not there
+            if short == "qnli" and self.qnli_train and not has["train"]:
+                built = ("--train_file", self.qnli_train)
+            if not (has["train"] or built):
                 return Unavailable("n/a (no train set)")
-            return TaskData(self.sources.glue) if has["dev"] else Unavailable("n/a (no dev set)")
+            return TaskData(self.sources.glue, built) if has["dev"] else Unavailable("n/a (no dev set)")
         if name == "squad/v1.1":
             return TaskData(self.squad_dir)
         if name == "conll2003":
@@ -229,7 +278,9 @@ class PreparedData:
                 f"{100 - round(100 * self.spec.heldout_fraction)}% of WikiText-2 valid articles",
                 "heldout_text": f"the last {round(100 * self.spec.heldout_fraction)}% of WikiText-2 valid articles",
                 "squad": "SQuAD v1.1 dev split by article: even positions train, odd positions eval",
-                "glue": self.sources.glue}
+                "glue": self.sources.glue,
+                "mnli": self.sources.nli and "train MNLI dev_mismatched + SNLI dev + SNLI test, eval MNLI dev_matched",
+                "qnli_train": self.qnli_train}
 
 
 def planned(shared_data: str, root: str, spec: DataSpec = DataSpec()) -> PreparedData:
@@ -238,7 +289,8 @@ def planned(shared_data: str, root: str, spec: DataSpec = DataSpec()) -> Prepare
     root = os.path.abspath(root)
     return PreparedData(root, sources, spec, os.path.join(root, f"vocab-{spec.vocab_size}"),
                         os.path.join(root, "text", "pretrain.jsonl"), os.path.join(root, "text", "heldout.jsonl"),
-                        os.path.join(root, "squad-split"))
+                        os.path.join(root, "squad-split"),
+                        os.path.join(root, "qnli", "train.tsv") if sources.squad_train else "")
 
 
 def prepare(shared_data: str, root: str, spec: DataSpec = DataSpec(),
@@ -248,7 +300,8 @@ def prepare(shared_data: str, root: str, spec: DataSpec = DataSpec(),
     train_text, heldout_text = prepare_text(sources, root, spec.heldout_fraction, log)
     vocab = prepare_vocab(root, train_text, spec, log)
     squad_dir = split_squad(sources.squad_dev, root, log)
-    return PreparedData(os.path.abspath(root), sources, spec, vocab, train_text, heldout_text, squad_dir)
+    qnli_train = prepare_qnli(sources.squad_train, root, log)
+    return PreparedData(os.path.abspath(root), sources, spec, vocab, train_text, heldout_text, squad_dir, qnli_train)
 
 
 def fingerprint(values: dict) -> str:
