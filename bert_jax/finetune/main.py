@@ -5,16 +5,29 @@ For every learning rate in --learning_rates (5e-5, 3e-5, 2e-5) and every seed (3
 `<workdir>/runs/<setting>.json` as it finishes (a restarted command skips finished settings), and
 `<workdir>/metrics.json` summarises: every setting, the median / min / max / std over seeds per learning
 rate, the learning rate chosen by the median dev score, and the init checkpoint's fingerprint.
+
+Every split in --data_dir is used: labelled ones are scored (dev selects the setting; MNLI's dev_mismatched and
+CoNLL's test split are reported beside it), unlabelled ones (GLUE's test sets) only predicted. Each setting's
+predictions go to `<workdir>/runs/<setting>/`, the best single run's are copied to `<workdir>/predictions/`
+(dev with gold labels, GLUE submission TSVs, SQuAD predictions.json, CoNLL word/gold/predicted; formats in
+bert_jax/finetune/predictions.py). Every split is read and featurized before the first training step.
+
+Compiled steps are kept in JAX's persistent cache, so a second command with the same model and shapes skips
+compiling: `$BERT_JAX_COMPILE_CACHE` (default ~/.cache/bert_jax/xla; `off` turns it off).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
 
+from bert_jax.compile_cache import enable_compile_cache
+from bert_jax.finetune import predictions as P
 from bert_jax.finetune.batching import bucket_widths
 from bert_jax.finetune.init import InitError, load_init
 from bert_jax.finetune.tasks import TaskError, get_task, task_names
@@ -47,10 +60,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default="last", help="feature-based input (--variant features)")
     p.add_argument("--dropout", type=float, default=None, help="default: the pretrained config's")
     p.add_argument("--max_train_examples", type=int, default=0, help="a seeded random subset (0: all)")
-    p.add_argument("--max_eval_examples", type=int, default=0, help="the first N dev examples (0: all)")
+    p.add_argument("--max_eval_examples", type=int, default=0,
+                   help="the first N examples of each labelled eval split (0: all); test sets are always whole")
     p.add_argument("--eval_each_epoch", action="store_true")
-    p.add_argument("--train_file", default="", help="SQuAD: a train JSON other than <data_dir>/train-vX.json")
-    p.add_argument("--dev_file", default="", help="SQuAD: a dev JSON other than <data_dir>/dev-vX.json")
+    p.add_argument("--train_file", default="",
+                   help="SQuAD: a train JSON other than <data_dir>/train-vX.json; GLUE and pairs: .csv, .tsv or .jsonl "
+                        "files (comma-separated paths or globs, concatenated) in place of <data_dir>/train.tsv")
+    p.add_argument("--dev_file", default="",
+                   help="SQuAD: a dev JSON other than <data_dir>/dev-vX.json; GLUE and pairs: .csv, .tsv or .jsonl "
+                        "files as --train_file (MNLI then scores only these, no dev_mismatched)")
+    p.add_argument("--test_file", default="",
+                   help="a split to predict, scored too when it has labels (answers): SQuAD a JSON (default "
+                        "<data_dir>/test-vX.json when present); GLUE and pairs files as --train_file (default GLUE's "
+                        "test.tsv when present)")
+    p.add_argument("--text_a_column", default="",
+                   help="GLUE/pairs files: the first text's column (default: the task's, else the first of "
+                        "sentence1, question1, question, premise, text_a, sentence, text)")
+    p.add_argument("--text_b_column", default="",
+                   help="GLUE/pairs files: the second text's column, 'none' for single-sentence files (default: the "
+                        "task's, else the first of sentence2, question2, hypothesis, text_b, sentence)")
+    p.add_argument("--label_column", default="",
+                   help="GLUE/pairs files: the label column (default: the task's, else gold_label, label); rows "
+                        "labelled '-' have no gold label and are dropped")
+    p.add_argument("--labels", default="",
+                   help="GLUE/pairs files: label values in index order, e.g. contradiction,entailment,neutral, or "
+                        "VALUE=NAME entries mapping a file's values (e.g. 0=entailment); required for pairs, default "
+                        "the GLUE task's labels")
     p.add_argument("--doc_stride", type=int, default=128)
     p.add_argument("--max_query_len", type=int, default=64)
     p.add_argument("--max_answer_len", type=int, default=30)
@@ -95,13 +130,75 @@ def _write_json(path: str, value) -> None:
     os.replace(tmp, path)  # never a half-written file under the real name
 
 
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A split the trained model is run on, read and featurized before any training."""
+    name: str
+    path: str  # the file, as --data_dir spells it (for messages)
+    examples: list
+    features: dict
+    labelled: bool  # scored; False: predicted only (a test set)
+
+
+def _split_path(task, data_dir: str, split: str) -> str:
+    return task.locate(data_dir, split) or os.path.join(data_dir, split)
+
+
+def _require_examples(task, examples: list, path: str, split: str) -> None:
+    if not examples:
+        raise TaskError(f"{path} has no examples; put the {task.name} {split} data in it (a header alone is empty)")
+
+
+def read_splits(task, args, tokenizer, max_len: int) -> dict[str, Split]:
+    """The task's eval splits (required) and its optional splits whose files are there (test sets), each read
+    and featurized now, so that an empty or malformed file fails before the first training step."""
+    names = task.eval_splits + tuple(s for s in task.optional_splits if task.locate(args.data_dir, s))
+    splits = {}
+    for name in names:
+        examples, path = task.read(args.data_dir, name), _split_path(task, args.data_dir, name)
+        _require_examples(task, examples, path, name)
+        labelled = task.has_labels(examples)
+        if name in task.eval_splits and not labelled:
+            raise TaskError(f"{path} has no labels; the {name} split is scored, pass a labelled file")
+        if labelled and args.max_eval_examples:
+            examples = examples[:args.max_eval_examples]
+        splits[name] = Split(name, path, examples, task.featurize(examples, tokenizer, max_len, False), labelled)
+    return splits
+
+
+def _finished(path: str, init, protocol: dict) -> dict | None:
+    """The record of a setting a previous command finished with the same init and protocol, else None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        done = json.load(f)
+    return done if done.get("init_fingerprint") == init.fingerprint and done.get("protocol") == protocol else None
+
+
+def publish_best_predictions(workdir: str, summary: dict, log) -> dict | None:
+    """The best single run's predictions copied to <workdir>/predictions; None (and a note) when it has none."""
+    from bert_jax.finetune.train import Setting
+
+    name = Setting(**summary["best_single_run"]["setting"]).name
+    source, target = os.path.join(workdir, "runs", name), os.path.join(workdir, "predictions")
+    if not os.path.isdir(source):  # finished by a bert-jax that kept no predictions
+        shutil.rmtree(target, ignore_errors=True)
+        log(f"{name} has no predictions (finished before bert-jax kept them); delete "
+            f"{os.path.join(workdir, 'runs', name + '.json')} and rerun to get them")
+        return None
+    return {"setting": name, "directory": target, "files": P.publish(source, target)}
+
+
 def run(args) -> dict:
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune.model import FineTuneModel, HeadConfig
     from bert_jax.finetune.train import Setting, run_setting
 
-    options = {k: getattr(args, k) for k in ("train_file", "dev_file", "doc_stride", "max_query_len",
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    cache = enable_compile_cache()  # before the first compile (a random init compiles)
+    options = {k: getattr(args, k) for k in ("train_file", "dev_file", "test_file", "doc_stride", "max_query_len",
                                              "max_answer_len", "n_best", "null_threshold")}
+    options.update({k: getattr(args, k) for k in ("text_a_column", "text_b_column", "label_column", "labels")})
     task = get_task(args.task, options)
     init = load_init(args.init, args.vocab or None)
     vocab = args.vocab or init.vocab_path
@@ -115,58 +212,68 @@ def run(args) -> dict:
     if max_len > init.config.max_position_embeddings:
         raise ValueError(f"--max_seq_len {max_len} exceeds the model's max_position_embeddings "
                          f"{init.config.max_position_embeddings}; pass --max_seq_len <= it")
-    os.makedirs(os.path.join(args.workdir, "runs"), exist_ok=True)
-    log = lambda m: print(m, flush=True)  # noqa: E731
 
     train_examples = task.read(args.data_dir, "train")
+    _require_examples(task, train_examples, _split_path(task, args.data_dir, "train"), "train")
     if args.max_train_examples and args.max_train_examples < len(train_examples):
         keep = np.sort(np.random.default_rng(0).choice(len(train_examples), args.max_train_examples, replace=False))
         train_examples = [train_examples[i] for i in keep]
+    splits = read_splits(task, args, tokenizer, max_len)  # 'dev' selects settings; the others are reported
     train = task.featurize(train_examples, tokenizer, max_len, True)
-    eval_examples, evals = {}, {}
-    for split in task.eval_splits:  # 'dev' selects settings; MNLI also reports dev_mismatched
-        examples = task.read(args.data_dir, split)
-        eval_examples[split] = examples[:args.max_eval_examples] if args.max_eval_examples else examples
-        evals[split] = task.featurize(eval_examples[split], tokenizer, max_len, False)
+    scored = {name: split for name, split in splits.items() if split.labelled}
+    unlabelled = {name: split for name, split in splits.items() if not split.labelled}
     log(f"{task.name}: {len(train_examples)} train examples ({len(train['length'])} rows), " + ", ".join(
-        f"{len(eval_examples[s])} {s} examples ({len(evals[s]['length'])} rows)" for s in evals) +
-        f", max_seq_len {max_len}")
+        f"{len(s.examples)} {name} examples ({len(s.features['length'])} rows{'' if s.labelled else ', predicted'})"
+        for name, s in splits.items()) + f", max_seq_len {max_len}; compile cache {cache or 'off'}")
+    os.makedirs(os.path.join(args.workdir, "runs"), exist_ok=True)
 
     head = HeadConfig(kind=task.kind, num_labels=task.num_labels, variant=args.variant, features=args.features,
                       dropout=args.dropout)
     model = FineTuneModel(init.config, head)
     widths = bucket_widths(max_len)
-    evaluate = lambda split, outputs: task.evaluate(eval_examples[split], evals[split], outputs)  # noqa: E731
+    def evaluate(split, outputs):
+        return task.evaluate(scored[split].examples, scored[split].features, outputs)
+
     protocol = {"learning_rates": args.learning_rates, "seeds": args.seeds, "epochs": args.epochs,
                 "batch_size": args.batch_size, "warmup_fraction": args.warmup_fraction, "max_seq_len": max_len,
                 "variant": args.variant, "features": args.features if args.variant == "features" else None,
                 "pool": "last token" if init.config.causal else "[CLS]", "train_examples": len(train_examples),
-                "eval_examples": {k: len(v) for k, v in eval_examples.items()}, "vocab": tokenizer.path, "bucket_widths": list(widths)}
+                "eval_examples": {k: len(v.examples) for k, v in scored.items()}, "vocab": tokenizer.path,
+                "bucket_widths": list(widths)}
+    if unlabelled:  # only when there are some: settings finished before test sets were predicted stay valid
+        protocol["predict_examples"] = {k: len(v.examples) for k, v in unlabelled.items()}
     runs, step_cache = [], {}  # every setting shares one compiled step (the learning rate is an argument)
     for lr in args.learning_rates:
         for seed in range(args.seeds):
             setting = Setting(learning_rate=lr, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
                               warmup_fraction=args.warmup_fraction)
             path = os.path.join(args.workdir, "runs", f"{setting.name}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    done = json.load(f)
-                if done.get("init_fingerprint") == init.fingerprint and done.get("protocol") == protocol:
-                    log(f"{setting.name}: done before, skipped")
-                    runs.append(done)
-                    continue
-            result = run_setting(model, init.params, train, evals, evaluate, setting, widths,
-                                 eval_each_epoch=args.eval_each_epoch, log=log, progress=args.progress,
-                                 step_cache=step_cache)
+            done = _finished(path, init, protocol)
+            if done is not None:
+                log(f"{setting.name}: done before, skipped")
+                runs.append(done)
+                continue
+            result = run_setting(model, init.params, train, {k: v.features for k, v in scored.items()}, evaluate,
+                                 setting, widths, eval_each_epoch=args.eval_each_epoch, log=log,
+                                 progress=args.progress, step_cache=step_cache,
+                                 predict_only={k: v.features for k, v in unlabelled.items()})
             record = {k: result[k] for k in ("setting", "epochs", "final", "loaded", "seconds", "steps")}
+            if task.predict is not None:  # written before the record: a finished record has its predictions
+                record["predictions"] = P.write_predictions(
+                    os.path.join(args.workdir, "runs", setting.name), task,
+                    {name: (s.examples, task.predict(s.examples, s.features, result["outputs"][name]), s.labelled)
+                     for name, s in splits.items()})
             record.update(init_fingerprint=init.fingerprint, protocol=protocol)
             _write_json(path, record)
             runs.append(record)
     summary = summarize(task, runs, init.describe(), protocol)
+    summary["predictions"] = publish_best_predictions(args.workdir, summary, log) if task.predict else None
     _write_json(os.path.join(args.workdir, SUMMARY_FILE), summary)
     best = summary["best"]
+    where = f"; predictions of {summary['predictions']['setting']} in {summary['predictions']['directory']}" \
+        if summary["predictions"] else ""
     log(f"{task.name} dev {task.metric}: median {best['median']:.4f} (min {best['min']:.4f}, max {best['max']:.4f}, "
-        f"{best['seeds']} seeds) at lr {best['learning_rate']:g}; {os.path.join(args.workdir, SUMMARY_FILE)}")
+        f"{best['seeds']} seeds) at lr {best['learning_rate']:g}; {os.path.join(args.workdir, SUMMARY_FILE)}{where}")
     return summary
 
 

@@ -113,9 +113,13 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
                 evals: Mapping[str, Mapping[str, np.ndarray]],
                 evaluate: Callable[[str, dict[str, np.ndarray]], dict[str, float]], setting: Setting,
                 widths: tuple[int, ...], eval_each_epoch: bool = False, log: Callable[[str], None] = print,
-                progress: bool = False, step_cache: dict | None = None) -> dict:
+                progress: bool = False, step_cache: dict | None = None,
+                predict_only: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> dict:
     """Train one setting; returns {'setting', 'epochs': [{'epoch', 'train_loss', <split>: metrics}], 'final':
-    {split: metrics}, 'loaded', 'seconds', 'steps'}."""
+    {split: metrics}, 'loaded', 'seconds', 'steps', 'outputs': {split: outputs of the trained model}}.
+
+    `evals` are scored (every epoch with eval_each_epoch); `predict_only` splits (unlabelled test sets) only get
+    the trained model's outputs, once at the end."""
     key = jax.random.key(setting.seed)
     example = model_inputs(next(iterate_batches(train, setting.batch_size, widths)))
     fresh = model.init({"params": jax.random.fold_in(key, 0), "dropout": key}, example, deterministic=True)
@@ -130,7 +134,7 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=setting.name, leave=False)
-    start, step, history = time.perf_counter(), 0, []
+    start, step, history, final_outputs = time.perf_counter(), 0, [], {}
     for epoch in range(setting.epochs):
         loss_sum, count = 0.0, 0.0
         pending = []
@@ -147,18 +151,23 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
         if not math.isfinite(record["train_loss"]):
             raise FloatingPointError(f"{setting.name}: train loss is {record['train_loss']} in epoch {epoch + 1}; "
                                      "lower the learning rate")
-        if eval_each_epoch or epoch == setting.epochs - 1:
+        last = epoch == setting.epochs - 1
+        if eval_each_epoch or last:
             for split, feats in evals.items():
                 outputs = gather_outputs(eval_step, params, feats, setting.batch_size, widths)
                 record[split] = evaluate(split, outputs)
+                if last:
+                    final_outputs[split] = outputs
         history.append(record)
         log(f"{setting.name} epoch {epoch + 1}: " + ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={_short(v)}" for k, v in record.items() if k != "epoch"))
     if bar is not None:
         bar.close()
+    for split, feats in (predict_only or {}).items():
+        final_outputs[split] = gather_outputs(eval_step, params, feats, setting.batch_size, widths)
     return {"setting": dataclasses.asdict(setting), "epochs": history,
             "final": {split: history[-1][split] for split in evals}, "loaded": dataclasses.asdict(report),
-            "seconds": time.perf_counter() - start, "steps": total}
+            "seconds": time.perf_counter() - start, "steps": total, "outputs": final_outputs}
 
 
 def _short(metrics) -> str:

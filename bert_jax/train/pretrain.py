@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from bert_jax import configlib
+from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.data.masking import num_predictions
 from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
 from bert_jax.data.unigram import UnigramFloor, accumulate, add_perplexities
@@ -309,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bert-jax pretrain: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    enable_compile_cache()  # a restarted or repeated run loads its compiled steps ($BERT_JAX_COMPILE_CACHE)
     try:
         final = run(config, args.workdir)
     except NonFiniteLossError as e:
