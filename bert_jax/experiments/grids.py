@@ -130,7 +130,9 @@ MINI = Scale(
     finetune=FinetuneProtocol(
         learning_rates=(2e-4,), seeds=3, epochs=2, batch_size=32,
         max_seq_len={"glue": 128, "squad": 128, "conll2003": 128},
-        max_train_examples={"glue/sst2": 4000, "glue/cola": 2000, "squad/v1.1": 1200},  # MRPC: all 3668
+        # MRPC: all 3668; MNLI's 29,498 and QNLI's 95,914 built pairs: seeded subsets, like SST-2's
+        max_train_examples={"glue/sst2": 4000, "glue/cola": 2000, "glue/mnli": 8000, "glue/qnli": 8000,
+                            "squad/v1.1": 1200},
         max_eval_examples={"squad/v1.1": 1000},  # GLUE: the whole dev set
         squad={"doc_stride": 64, "max_query_len": 32}),
     checkpoint_fractions=(0.2, 0.4, 0.6, 0.8, 1.0),
