@@ -25,8 +25,9 @@ from bert_jax import configlib
 from bert_jax.data.masking import num_predictions
 from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
 from bert_jax.data.unigram import UnigramFloor, accumulate, add_perplexities
-from bert_jax.objectives.base import ObjectiveSet, PretrainModel
-from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, data_parallel_size, make_mesh
+from bert_jax.model.pretraining import PretrainModel, final_layer_positions
+from bert_jax.objectives.base import ObjectiveSet
+from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, data_parallel_size, make_mesh, replicated
 from bert_jax.train import checkpoint as ckpt
 from bert_jax.train.flops import train_flops_per_step
 from bert_jax.train.metrics_writer import MetricsWriter
@@ -167,7 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         first_copy = lambda x: np.asarray(x.addressable_shards[0].data if isinstance(x, jax.Array) else x)[0]
         unreplicate = lambda s: jax.tree.map(first_copy, s)
     elif t.strategy == "mesh":
-        metric_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        metric_sharding = replicated(mesh)
         frozen = jax.device_put(frozen, metric_sharding)  # replicated on every device, placed once
         jit_train = jax.jit(train_step, in_shardings=(shardings, None, metric_sharding),
                             out_shardings=(shardings, metric_sharding), donate_argnums=(0,))
@@ -204,7 +205,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     writer = MetricsWriter(workdir, enabled=process_index == 0)
     preempted = ckpt.install_preemption_handler()
     flops = train_flops_per_step(model_cfg, t.global_batch_size, seq_len, predictions,
-                                 objectives.final_layer_positions(init_batch, model_cfg))
+                                 final_layer_positions(objectives.objectives, init_batch, model_cfg))
     start = int(jax.device_get(unreplicate(state).step))
     tokens_per_step = t.global_batch_size * seq_len
     progress = None
