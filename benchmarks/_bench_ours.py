@@ -33,7 +33,8 @@ def compile_bert_jax(shape: Shape, overrides: dict, seed: int, batch_np: dict, m
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from bert_jax.objectives import ObjectiveSet, PretrainModel
+    from bert_jax.model.pretraining import PretrainModel
+    from bert_jax.objectives import ObjectiveSet
     from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, make_mesh
     from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
     from bert_jax.train.state import create_sharded_state, state_shardings

@@ -2,6 +2,8 @@
 under both training strategies (mesh and pmap)."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +17,12 @@ from bert_jax.data.shards import open_examples, read_manifest
 from bert_jax.model import BertForPreTraining, Encoder, preset
 from bert_jax.model.heads import CausalLMHead
 from bert_jax.model.params import unbox
-from bert_jax.objectives import ObjectiveSet, PretrainModel
+from bert_jax.model.pretraining import PretrainModel
+from bert_jax.objectives import ObjectiveSet
 from bert_jax.objectives.corrupted import corrupted_labels
 from bert_jax.objectives.distill import TeacherError, read_teacher
 from bert_jax.objectives.electra import corrupt, generator_config
-from bert_jax.objectives.ltr import last_token_positions, next_token_weights
+from bert_jax.objectives.ltr import next_token_weights
 from bert_jax.objectives.sbo import SpanBoundaryHead
 from bert_jax.train import pretrain
 from bert_jax.train.state import example_batch
@@ -104,15 +107,29 @@ def test_objective_sets_compose():
     assert ObjectiveSet.parse("electra", {"electra": {"rtd_weight": 30}}).term_weights == {
         "generator_loss": 1.0, "rtd_loss": 30.0}
     for bad, match in (("ltr+nsp", "causal"), ("mlm+electra", "already contains"), ("distill+mlm", "already"),
-                       ("sop+nsp", None)):
-        objectives = ObjectiveSet.parse(bad) if match is None else None
-        if match is None:  # parses, but no data mode serves both
-            assert objectives.data_modes == ()
-            continue
+                       ("sop+nsp", "no make-data mode serves them all")):
         with pytest.raises(ValueError, match=match):
             ObjectiveSet.parse(bad, {"distill": {"teacher": "x"}} if "distill" in bad else None)
     with pytest.raises(ValueError, match="unknown key"):
         ObjectiveSet.parse("electra", {"electra": {"generator_fractoin": 0.5}})
+
+
+def test_an_mlm_nsp_run_has_the_interop_tree():
+    batch = {k: jnp.asarray(v) for k, v in example_batch(2, 16, 3).items()}
+    trained = jax.eval_shape(PretrainModel(CFG, ObjectiveSet.parse("mlm+nsp")).init, KEY, batch)["params"]
+    interop = jax.eval_shape(BertForPreTraining(CFG).init, KEY, batch["input_ids"])["params"]
+    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), unbox(tree))  # noqa: E731
+    assert shapes(trained) == shapes(interop)
+
+
+def test_an_objective_is_found_by_its_file_name_alone():
+    code = ("import sys; from bert_jax.objectives.base import get_objective; o = get_objective('corrupted'); "
+            "assert o.name == 'corrupted'; assert 'bert_jax.objectives.electra' not in sys.modules; "
+            "get_objective('sop'); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    with pytest.raises(ValueError, match="unknown; registered: .*corrupted.*electra.*mlm"):
+        ObjectiveSet.parse("mlm+nope")
 
 
 # ----------------------------------------------------------------------------------------- targets
@@ -164,7 +181,6 @@ def test_sop_labels_match_the_swap(dataset, corpus_dir):
 def test_ltr_targets_and_causality():
     mask = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
     np.testing.assert_array_equal(next_token_weights(mask), [[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]])
-    np.testing.assert_array_equal(last_token_positions(mask), [4, 5])
 
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(5, 120, (2, 16)), jnp.int32)

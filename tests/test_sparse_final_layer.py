@@ -9,7 +9,9 @@ import pytest
 
 from bert_jax.model import ModelConfig
 from bert_jax.model.params import to_scanned, unbox
-from bert_jax.objectives import ObjectiveSet, PretrainModel
+from bert_jax.model.encoder import Encoder
+from bert_jax.model.pretraining import PretrainModel, final_layer_positions
+from bert_jax.objectives import ObjectiveSet
 from bert_jax.objectives.mlm import MLM
 from bert_jax.train.flops import forward_flops_per_sequence
 
@@ -108,27 +110,53 @@ def test_dropout_draws_elsewhere_are_untouched():
     assert abs(float(whole[0]) - float(sparse[0])) < 0.2 * float(whole[0])
 
 
-def test_an_objective_with_positions_must_read_through_encode_at():
-    def forward(ctx):
-        return {"bad_loss": jnp.sum(ctx.encode().sequence)}
+def test_each_objective_gets_the_hidden_states_it_reads_from_one_encoder_pass():
+    seen = {}
 
-    bad = dataclasses.replace(MLM, name="bad", forward=forward, loss_weights={"bad_loss": 1.0},
-                              denominators=lambda b: {"bad_loss": jnp.ones(())})
-    model = PretrainModel(CFG, ObjectiveSet((bad,), (1.0,), {"bad": {}}))
-    with pytest.raises(RuntimeError, match="encode_at"):
-        model.init(jax.random.key(0), make_batch())
-    # the whole path still works for it
-    PretrainModel(CFG.replace(sparse_final_layer=False), ObjectiveSet((bad,), (1.0,), {"bad": {}})).init(
-        jax.random.key(0), make_batch())
+    def probe(name, reads):
+        def forward(ctx):
+            seen[name] = ctx.hidden
+            return {f"{name}_loss": jnp.zeros(())}
+        return dataclasses.replace(MLM, name=name, forward=forward, loss_weights={f"{name}_loss": 1.0},
+                                   denominators=lambda b: {f"{name}_loss": jnp.ones(())}, reads=reads)
+
+    batch = make_batch()
+    first = lambda b: jnp.zeros((B, 1), jnp.int32)  # noqa: E731
+    at_mask = probe("at_mask", lambda b: b["masked_positions"])
+    at_cls = probe("at_cls", first)
+    whole = probe("whole", "sequence")
+    nothing = probe("nothing", "nothing")
+    objective_set = lambda *objectives: ObjectiveSet(objectives, (1.0,) * len(objectives),  # noqa: E731
+                                                     {o.name: {} for o in objectives})
+    params = PretrainModel(CFG, objective_set(at_mask, at_cls, whole)).init(jax.random.key(0), batch)
+    sequence = Encoder(CFG).apply({"params": params["params"]["encoder"]}, batch["input_ids"],
+                                  batch["token_type_ids"], batch["input_mask"]).sequence
+    # mixed readers: one whole pass, the positional ones gathered from it
+    PretrainModel(CFG, objective_set(at_mask, at_cls, whole, nothing)).apply(params, batch)
+    assert seen["whole"].shape == (B, L, CFG.hidden_size) and seen["nothing"] is None
+    np.testing.assert_allclose(seen["whole"], sequence, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(seen["at_mask"], np.take_along_axis(np.asarray(sequence),
+                               batch["masked_positions"][..., None], axis=1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(seen["at_cls"], np.asarray(sequence)[:, :1], rtol=1e-6, atol=1e-6)
+    # positional readers only: the sparse last layer, the same values
+    PretrainModel(CFG, objective_set(at_mask, at_cls)).apply(params, batch)
+    assert seen["at_mask"].shape == (B, P, CFG.hidden_size) and seen["at_cls"].shape == (B, 1, CFG.hidden_size)
+    np.testing.assert_allclose(seen["at_mask"], np.take_along_axis(np.asarray(sequence),
+                               batch["masked_positions"][..., None], axis=1), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(seen["at_cls"], np.asarray(sequence)[:, :1], rtol=2e-5, atol=2e-6)
+    # an objective that reads nothing costs no encoder pass
+    jaxpr = jax.make_jaxpr(lambda p: PretrainModel(CFG, objective_set(nothing)).apply(p, batch))(params)
+    assert "dot_general" not in str(jaxpr)
 
 
 def test_final_layer_positions_and_the_flops_count():
     batch = make_batch()
-    assert ObjectiveSet.parse("mlm+nsp").final_layer_positions(batch, CFG) == P + 1
-    assert ObjectiveSet.parse("mlm").final_layer_positions(batch, CFG) == P
-    assert ObjectiveSet.parse("mlm+nsp").final_layer_positions(batch, CFG.replace(scan_layers=True)) is None
-    assert ObjectiveSet.parse("mlm+nsp").final_layer_positions(batch, CFG.replace(sparse_final_layer=False)) is None
-    assert ObjectiveSet.parse("ltr").final_layer_positions(batch, CFG) is None
+    positions = lambda spec, cfg: final_layer_positions(ObjectiveSet.parse(spec).objectives, batch, cfg)  # noqa: E731
+    assert positions("mlm+nsp", CFG) == P + 1
+    assert positions("mlm", CFG) == P
+    assert positions("mlm+nsp", CFG.replace(scan_layers=True)) is None
+    assert positions("mlm+nsp", CFG.replace(sparse_final_layer=False)) is None
+    assert positions("ltr", CFG) is None
     cfg = ModelConfig(vocab_size=100, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=32)
     h, f, seq, preds = 8, 32, 10, 3
     per_query = 2 * (2 * h * h + 2 * h * f) + 4 * seq * h

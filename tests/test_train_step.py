@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bert_jax.model.config import ModelConfig
-from bert_jax.objectives.base import ObjectiveSet, PretrainModel
+from bert_jax.model.pretraining import PretrainModel
+from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, make_mesh
 from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
 from bert_jax.train.state import create_sharded_state, example_batch, state_shardings

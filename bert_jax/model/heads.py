@@ -9,6 +9,8 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.model.layers import LayerNorm, dense, gather_positions, zeros_init
 
 Array = jax.Array
+# The BERT heads' names in every params tree (pretraining, export, interop, fine-tuning's pooler).
+MLM_HEAD, POOLER, NSP_HEAD = "mlm_head", "pooler", "nsp_head"
 
 
 @jax.custom_vjp

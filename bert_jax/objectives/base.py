@@ -1,16 +1,18 @@
-"""The objective interface and registry, and the pretraining model that composes objectives.
+"""The objective interface and registry.
 
-An objective is one module that calls `register(Objective(...))`. It declares
+An objective is one module, `bert_jax/objectives/<name>.py`, that calls `register(Objective(...))`; it is found
+by its name (nothing else to edit). It declares
   - `data_modes`: the `make-data` modes it can train on, and `masking`: what the input pipeline must apply;
+  - `reads`: what it reads of the encoder's final layer over the batch: a function batch -> [B, P] positions,
+    "sequence" (all of it, the default) or "nothing" (it runs its own passes). The model (model/pretraining.py)
+    runs the encoder once for all objectives and hands each its `ctx.hidden`;
   - `denominators(batch)`: counts per loss/metric term computed from the batch alone, so a loss can be normalised
     by the count over the *whole global batch* (exact under gradient accumulation and data parallelism);
   - `forward(ctx)`: runs inside the flax module (so it may create its heads as submodules by name) and returns
     sums per term: `<term>` loss sums and metric sums, each divided by `denominators[<term>]`;
   - `loss_weights`: which terms are losses, with their weights inside the objective (a number, or the name of
     an option that holds it, so a config can change it);
-  - optionally `positions(batch)`: the [B, P] positions of the final layer's output its forward reads, taken
-    through `ctx.encode_at()`; when every objective of a run declares them, the encoder's last layer runs at
-    those positions only (`model.sparse_final_layer`);
+  - `options`: its options and their defaults (the only place they are written; configs set what they change);
   - optionally `prepare_options(options)` (run once when the set is parsed, e.g. to read a teacher's config)
     and `load_frozen(options)`: variable collections that are inputs, never trained (a distillation teacher);
     the steps take them as an argument and pass them to `model.apply` beside 'params'.
@@ -20,15 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import pkgutil
 from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.model.config import ModelConfig
-from bert_jax.model.encoder import Encoder, EncoderOutput
-from bert_jax.model.layers import gather_positions
+from bert_jax.model.pretraining import READS_NOTHING, READS_SEQUENCE, Context
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -40,12 +41,12 @@ class Objective:
     data_modes: tuple[str, ...]
     masking: str  # 'mlm' (token MLM; the data config may choose 'wwm'), 'span', or 'none'
     denominators: Callable[[Batch], dict[str, Array]]
-    forward: Callable[["Context"], dict[str, Array]]
+    forward: Callable[[Context], dict[str, Array]]
     loss_weights: Mapping[str, float]
     causal: bool = False  # needs left-to-right attention
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults, overridable by config
     excludes: tuple[str, ...] = ()  # objectives it cannot be combined with (it already contains them)
-    positions: Callable[[Batch], Array] | None = None  # the final-layer positions it reads; None: all of them
+    reads: Callable[[Batch], Array] | str = READS_SEQUENCE  # positions, READS_SEQUENCE or READS_NOTHING
     prepare_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     load_frozen: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
@@ -65,26 +66,34 @@ def _pick_masking(needed: set[str]) -> str | None:
 
 
 _REGISTRY: dict[str, Objective] = {}
-# Objectives shipped with the package, imported on first lookup so registration needs no central list edit
-# beyond this name -> module table.
-_BUILTIN_MODULES = ("mlm", "nsp", "sop", "ltr", "sbo", "electra", "distill", "corrupted")
 
 
 def register(objective: Objective) -> Objective:
     if objective.name in _REGISTRY and _REGISTRY[objective.name] is not objective:
         raise ValueError(f"objective {objective.name!r} is registered twice")
+    if not (callable(objective.reads) or objective.reads in (READS_SEQUENCE, READS_NOTHING)):
+        raise ValueError(f"objective {objective.name!r}: reads={objective.reads!r} must be a positions function, "
+                         f"{READS_SEQUENCE!r} or {READS_NOTHING!r}")
     _REGISTRY[objective.name] = objective
     return objective
 
 
+def _import_all() -> None:
+    """Every module of this package, so each registers its objectives (for the list in an error message)."""
+    for info in pkgutil.iter_modules([os.path.dirname(__file__)]):
+        importlib.import_module(f"{__package__}.{info.name}")
+
+
 def get_objective(name: str) -> Objective:
+    """The objective registered as `name`, imported from `bert_jax/objectives/<name>.py` on first use."""
+    if name not in _REGISTRY and name.isidentifier():
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{name}":
+                raise
     if name not in _REGISTRY:
-        for module in _BUILTIN_MODULES:
-            try:
-                importlib.import_module(f"bert_jax.objectives.{module}")
-            except ModuleNotFoundError as e:
-                if e.name != f"bert_jax.objectives.{module}":
-                    raise
+        _import_all()
     if name not in _REGISTRY:
         raise ValueError(f"objective {name!r} is unknown; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -121,6 +130,10 @@ class ObjectiveSet:
             clash = sorted(set(o.excludes) & set(names))
             if clash:
                 raise ValueError(f"objectives {spec!r}: {o.name!r} already contains {clash}; drop {clash} from it")
+        if not cls(tuple(objectives), tuple(weights)).data_modes:
+            modes = {o.name: list(o.data_modes) for o in objectives}
+            raise ValueError(f"objectives {spec!r}: no make-data mode serves them all ({modes}); combine objectives "
+                             "that share a data mode")
         merged = {}
         for o in objectives:
             given = dict((options or {}).get(o.name, {}))
@@ -150,19 +163,6 @@ class ObjectiveSet:
         first is the default data mode, e.g. 'single' for 'mlm+sbo')."""
         specific = min(self.objectives, key=lambda o: len(o.data_modes))
         return tuple(m for m in specific.data_modes if all(m in o.data_modes for o in self.objectives))
-
-    def reads_final_layer_sparsely(self, config: ModelConfig) -> bool:
-        """Whether `PretrainModel` asks the encoder for the objectives' positions only (every objective declares
-        them and `model.sparse_final_layer` is on)."""
-        return config.sparse_final_layer and all(o.positions is not None for o in self.objectives)
-
-    def final_layer_positions(self, batch: Batch, config: ModelConfig) -> int | None:
-        """How many positions the encoder's last layer computes per example: the objectives' `positions` summed
-        when it reads them sparsely and the stack is not scanned (a scanned stack computes the layer whole),
-        else None (all of them)."""
-        if config.scan_layers or not self.reads_final_layer_sparsely(config):
-            return None
-        return sum(int(o.positions(batch).shape[1]) for o in self.objectives)
 
     def denominators(self, batch: Batch) -> dict[str, Array]:
         out = {}
@@ -195,78 +195,6 @@ class ObjectiveSet:
             if weight:  # a term switched off by its weight option may not even be computed
                 total = total + weight * sums[term] / jnp.maximum(denominators[term], 1.0)
         return total
-
-
-@dataclasses.dataclass
-class Context:
-    """What an objective's forward sees: the module (to create heads), the encoder, the batch, and the encoder's
-    output over the batch's own inputs, computed once for all objectives: whole (`encode()`) or, when every
-    objective declares `positions`, at those positions only (`encode_at()`, the sparse final layer)."""
-
-    module: nn.Module
-    config: ModelConfig
-    encoder: Encoder
-    batch: Batch
-    deterministic: bool
-    options: Mapping[str, Any]
-    objective: Objective
-    shared: dict  # the one encoder pass, memoised across the run's objectives
-
-    def encode(self) -> EncoderOutput:
-        if "sparse" in self.shared:
-            raise RuntimeError(f"objective {self.objective.name!r} declares `positions`, so it must read the encoder "
-                               "through ctx.encode_at(); ctx.encode() would run a second, whole encoder pass")
-        if "encoded" not in self.shared:
-            b = self.batch
-            self.shared["encoded"] = self.encoder(b["input_ids"], b.get("token_type_ids"), b.get("input_mask"),
-                                                  b.get("position_ids"), self.deterministic)
-        return self.shared["encoded"]
-
-    def encode_at(self) -> Array:
-        """The final hidden states [B, P, H] at this objective's `positions(batch)`."""
-        if self.objective.positions is None:
-            raise RuntimeError(f"objective {self.objective.name!r} calls ctx.encode_at() but declares no positions")
-        if "sparse" in self.shared:
-            hidden, offsets = self.shared["sparse"]
-            start, stop = offsets[self.objective.name]
-            return hidden[:, start:stop]
-        return gather_positions(self.encode().sequence, self.objective.positions(self.batch))
-
-
-def _sparse_pass(ctx: Context, objectives: tuple[Objective, ...]) -> None:
-    """One encoder pass whose last layer runs at the concatenated positions of all the objectives."""
-    parts, offsets, start = [], {}, 0
-    for o in objectives:
-        positions = o.positions(ctx.batch).astype(jnp.int32)
-        parts.append(positions)
-        offsets[o.name] = (start, start + positions.shape[1])
-        start += positions.shape[1]
-    b = ctx.batch
-    out = ctx.encoder(b["input_ids"], b.get("token_type_ids"), b.get("input_mask"), b.get("position_ids"),
-                      ctx.deterministic, output_positions=jnp.concatenate(parts, axis=1))
-    ctx.shared["sparse"] = (out.sequence, offsets)
-
-
-class PretrainModel(nn.Module):
-    """The encoder plus whatever heads the objectives create; returns sums per term."""
-
-    config: ModelConfig
-    objectives: ObjectiveSet
-
-    @nn.compact
-    def __call__(self, batch: Batch, deterministic: bool = True) -> dict[str, Array]:
-        encoder = Encoder(self.config, name="encoder")
-        sums: dict[str, Array] = {}
-        shared: dict = {}
-        objectives = self.objectives.objectives
-        sparse = self.objectives.reads_final_layer_sparsely(self.config)
-        for i, objective in enumerate(objectives):
-            ctx = Context(self, self.config, encoder, batch, deterministic, self.objectives.options[objective.name],
-                          objective, shared)
-            if sparse and i == 0:
-                _sparse_pass(ctx, objectives)
-            sums.update(objective.forward(ctx))
-        return sums
 
 
 def weighted_cross_entropy(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:

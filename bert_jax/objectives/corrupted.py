@@ -27,7 +27,7 @@ def denominators(batch):
 
 
 def forward(ctx):
-    hidden = ctx.encode_at()
+    hidden = ctx.hidden  # [B, P, H] at the positions it reads: the masked ones
     logits = Classifier(ctx.config, 2, name="corrupted_head")(hidden)
     # an option: 'label_smoothing' spreads that much target mass evenly over the two classes
     smooth = float(ctx.options["label_smoothing"])
@@ -41,4 +41,4 @@ def forward(ctx):
 
 CORRUPTED = register(Objective(name="corrupted", data_modes=ALL_MODES, masking="mlm", denominators=denominators,
                                forward=forward, loss_weights={"corrupted_loss": 1.0},
-                               options={"label_smoothing": 0.0}, positions=lambda batch: batch["masked_positions"]))
+                               options={"label_smoothing": 0.0}, reads=lambda batch: batch["masked_positions"]))

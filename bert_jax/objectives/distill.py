@@ -31,7 +31,7 @@ import numpy as np
 
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.encoder import Encoder
-from bert_jax.model.heads import MLMHead
+from bert_jax.model.heads import MLM_HEAD, MLMHead
 from bert_jax.model.layers import dense
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 from bert_jax.objectives.mlm import ALL_MODES
@@ -172,14 +172,13 @@ def forward(ctx):
         raise TeacherError(f"distill: the teacher's vocab_size {teacher_cfg.vocab_size} != the student's "
                            f"{cfg.vocab_size}; distil over the same vocabulary")
     t_logits, t_hidden = teacher_outputs(ctx, teacher_cfg)
-    encoded = ctx.encode()
-    logits = MLMHead(cfg, name="mlm_head")(encoded.sequence, ctx.encoder.attend, b["masked_positions"])
+    logits = MLMHead(cfg, name=MLM_HEAD)(ctx.hidden, ctx.encoder.attend, b["masked_positions"])
     loss, correct = weighted_cross_entropy(logits, b["masked_ids"], b["masked_weights"])
     out = {"mlm_loss": loss, "mlm_accuracy": correct,
            "distill_soft_loss": soft_cross_entropy(logits, t_logits, float(opts["temperature"]), b["masked_weights"])}
     hidden = jnp.zeros((), jnp.float32)
     if float(opts["hidden_weight"]):
-        student = encoded.sequence
+        student = ctx.hidden
         if cfg.hidden_size != teacher_cfg.hidden_size:
             student = dense(cfg, teacher_cfg.hidden_size, -1, ("embed", "mlp"), ("mlp",), "distill_projection")(student)
         err = jnp.mean(jnp.square(student.astype(jnp.float32) - t_hidden.astype(jnp.float32)), axis=-1)

@@ -18,6 +18,7 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.heads import MLMHead
 from bert_jax.model.layers import dense
+from bert_jax.model.pretraining import READS_NOTHING
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 from bert_jax.objectives.mlm import ALL_MODES
 
@@ -115,4 +116,5 @@ def forward(ctx):
 ELECTRA = register(Objective(
     name="electra", data_modes=ALL_MODES, masking="mlm", denominators=denominators, forward=forward,
     loss_weights={"generator_loss": 1.0, "rtd_loss": "rtd_weight"},
-    options={"generator_fraction": 0.25, "rtd_weight": 50.0}, excludes=("mlm",)))
+    options={"generator_fraction": 0.25, "rtd_weight": 50.0}, excludes=("mlm",),
+    reads=READS_NOTHING))  # the discriminator reads its own pass over the corrupted input

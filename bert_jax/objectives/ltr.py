@@ -5,7 +5,7 @@ next-token prediction at every real position whose next token belongs to the sam
 input_ids[t + 1] where input_mask[t] == input_mask[t + 1] != 0, so packed rows never predict across an
 example boundary and the last token of a row or example predicts nothing. No masking; the decoder is tied to
 the token embeddings. Fine-tuning such a model must keep `model.causal=True` and pool the last real token
-([CLS] comes first and so sees nothing): `Pooler(...)(sequence, pool_positions=last_token_positions(mask))`.
+([CLS] comes first and so sees nothing): `bert-jax finetune` does (bert_jax/finetune/model.py, `pool_kind`).
 """
 import jax.numpy as jnp
 
@@ -19,20 +19,13 @@ def next_token_weights(input_mask):
     return ((here != 0) & (here == nxt)).astype(jnp.float32)
 
 
-def last_token_positions(input_mask):
-    """[B]: the position of each row's last real token (what an LTR model pools for classification)."""
-    length = input_mask.shape[1]
-    return jnp.max(jnp.where(input_mask != 0, jnp.arange(length)[None, :], 0), axis=1)
-
-
 def denominators(batch):
     n = next_token_weights(batch["input_mask"]).sum()
     return {"ltr_loss": n, "ltr_accuracy": n}
 
 
 def forward(ctx):
-    sequence = ctx.encode().sequence
-    logits = CausalLMHead(ctx.config, name="lm_head")(sequence[:, :-1], ctx.encoder.attend)
+    logits = CausalLMHead(ctx.config, name="lm_head")(ctx.hidden[:, :-1], ctx.encoder.attend)
     weights = next_token_weights(ctx.batch["input_mask"])
     loss, correct = weighted_cross_entropy(logits, ctx.batch["input_ids"][:, 1:], weights)
     return {"ltr_loss": loss, "ltr_accuracy": correct}

@@ -1,5 +1,5 @@
 """Masked language modelling (BERT): predict the original token at each masked position."""
-from bert_jax.model.heads import MLMHead
+from bert_jax.model.heads import MLM_HEAD, MLMHead
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
 ALL_MODES = ("segment-pair", "sentence-order", "sentence-pair", "full-sentences", "doc-sentences", "single")
@@ -11,11 +11,11 @@ def denominators(batch):
 
 
 def forward(ctx):
-    logits = MLMHead(ctx.config, name="mlm_head")(ctx.encode_at(), ctx.encoder.attend)
+    logits = MLMHead(ctx.config, name=MLM_HEAD)(ctx.hidden, ctx.encoder.attend)
     loss, correct = weighted_cross_entropy(logits, ctx.batch["masked_ids"], ctx.batch["masked_weights"])
     return {"mlm_loss": loss, "mlm_accuracy": correct}
 
 
 MLM = register(Objective(name="mlm", data_modes=ALL_MODES, masking="mlm", denominators=denominators,
                          forward=forward, loss_weights={"mlm_loss": 1.0},
-                         positions=lambda batch: batch["masked_positions"]))
+                         reads=lambda batch: batch["masked_positions"]))

@@ -1,7 +1,7 @@
 """Next-sentence prediction (BERT): is segment B the text that followed A (0) or a random one (1)?"""
 import jax.numpy as jnp
 
-from bert_jax.model.heads import Classifier, Pooler
+from bert_jax.model.heads import NSP_HEAD, POOLER, Classifier, Pooler
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
 
@@ -18,8 +18,8 @@ def first_position(batch):
 
 def sentence_pair_forward(prefix):
     def forward(ctx):
-        pooled = Pooler(ctx.config, name="pooler")(ctx.encode_at())  # [CLS], the only position read
-        logits = Classifier(ctx.config, 2, name=f"{prefix}_head")(pooled)
+        pooled = Pooler(ctx.config, name=POOLER)(ctx.hidden)  # [CLS], the only position read
+        logits = Classifier(ctx.config, 2, name=NSP_HEAD if prefix == "nsp" else f"{prefix}_head")(pooled)
         labels = ctx.batch["sentence_label"]
         loss, correct = weighted_cross_entropy(logits, jnp.maximum(labels, 0), labels >= 0)
         return {f"{prefix}_loss": loss, f"{prefix}_accuracy": correct}
@@ -28,4 +28,4 @@ def sentence_pair_forward(prefix):
 
 NSP = register(Objective(name="nsp", data_modes=("segment-pair", "sentence-pair"), masking="none",
                          denominators=sentence_pair_denominators("nsp"), forward=sentence_pair_forward("nsp"),
-                         loss_weights={"nsp_loss": 1.0}, positions=first_position))
+                         loss_weights={"nsp_loss": 1.0}, reads=first_position))

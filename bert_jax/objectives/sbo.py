@@ -47,7 +47,7 @@ def forward(ctx):
     b = ctx.batch
     if "span_left" not in b:
         raise ValueError("sbo needs span-masked batches (span_left/right/offset); the run must use masking 'span'")
-    logits = SpanBoundaryHead(ctx.config, name="sbo_head")(ctx.encode().sequence, ctx.encoder.attend,
+    logits = SpanBoundaryHead(ctx.config, name="sbo_head")(ctx.hidden, ctx.encoder.attend,
                                                            b["span_left"], b["span_right"], b["span_offset"])
     loss, correct = weighted_cross_entropy(logits, b["masked_ids"], b["masked_weights"])
     return {"sbo_loss": loss, "sbo_accuracy": correct}

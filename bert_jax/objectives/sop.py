@@ -9,4 +9,4 @@ from bert_jax.objectives.nsp import first_position, sentence_pair_denominators, 
 
 SOP = register(Objective(name="sop", data_modes=("sentence-order",), masking="none",
                          denominators=sentence_pair_denominators("sop"), forward=sentence_pair_forward("sop"),
-                         loss_weights={"sop_loss": 1.0}, positions=first_position))
+                         loss_weights={"sop_loss": 1.0}, reads=first_position))

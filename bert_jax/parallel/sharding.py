@@ -58,14 +58,9 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
 
 
-def logical_specs(abstract_tree: Any) -> Any:
-    """The logical PartitionSpec of every leaf of a (boxed) variable tree from `jax.eval_shape(model.init)`."""
-    return nn.get_partition_spec(abstract_tree)
-
-
 def mesh_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
-    """NamedShardings for a boxed variable tree, following the logical rules."""
-    return nn.logical_to_mesh_sharding(logical_specs(abstract_tree), mesh, rules)
+    """NamedShardings for a boxed variable tree (from `jax.eval_shape(model.init)`), by the logical rules."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_tree), mesh, rules)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
@@ -78,4 +73,5 @@ def data_parallel_size(mesh: Mesh) -> int:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (step counter, rng, metrics, frozen inputs)."""
     return NamedSharding(mesh, PartitionSpec())

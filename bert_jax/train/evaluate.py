@@ -38,7 +38,8 @@ from bert_jax.data.pipeline import make_eval_iterator
 from bert_jax.data.shards import MANIFEST, DataError, read_manifest
 from bert_jax.data.unigram import UnigramError, UnigramFloor, accumulate, add_perplexities
 from bert_jax.finetune.init import InitError, PretrainedInit, load_init
-from bert_jax.objectives.base import ObjectiveSet, PretrainModel
+from bert_jax.model.pretraining import PretrainModel
+from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.train.step import make_eval_step, summarize
 
 SCORABLE = ("mlm", "nsp", "sop", "ltr")  # objectives whose heads make a held-out score

@@ -15,20 +15,20 @@ import sys
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from bert_jax import configlib
 from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.data.masking import num_predictions
 from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
 from bert_jax.data.unigram import UnigramFloor, accumulate, add_perplexities
-from bert_jax.objectives.base import ObjectiveSet, PretrainModel
-from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, data_parallel_size, make_mesh
+from bert_jax.model.pretraining import PretrainModel, final_layer_positions
+from bert_jax.objectives.base import ObjectiveSet
+from bert_jax.parallel.sharding import make_mesh
 from bert_jax.train import checkpoint as ckpt
+from bert_jax.train import strategy as strategy_lib
 from bert_jax.train.flops import train_flops_per_step
 from bert_jax.train.metrics_writer import MetricsWriter
 from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
@@ -52,15 +52,6 @@ def _say(msg: str) -> None:
         print(msg, flush=True)
 
 
-def _global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
-
-
-def _pmap_batch(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    n = jax.local_device_count()
-    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in local.items()}
-
-
 def load_init_params(path: str, abstract_params: Any) -> Any:
     """Params from another run's newest checkpoint (phase two, continued pretraining)."""
     if not os.path.isdir(path):  # checked first: opening a manager would create the mistyped directory
@@ -82,6 +73,7 @@ def load_init_params(path: str, abstract_params: Any) -> Any:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    # ---- objectives and data: what the run trains on decides the model's vocab and the masking
     setup_distributed(config)
     os.makedirs(workdir, exist_ok=True)
     objectives = ObjectiveSet.parse(config.objectives, config.objective_options.to_dict())
@@ -101,12 +93,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             config.optimizer.total_steps = t.steps
         opt_cfg = dataclasses.replace(opt_cfg, total_steps=t.steps,
                                       warmup_steps=min(opt_cfg.warmup_steps, t.steps))
+
+    # ---- model, optimizer and the state, created already sharded over the mesh
     optimizer, schedule = make_optimizer(opt_cfg)
     model = PretrainModel(model_cfg, objectives)
     frozen = objectives.load_frozen()  # e.g. a distillation teacher: an input to the steps, never trained
 
     mesh = make_mesh(config.mesh.to_dict())
-    dp = data_parallel_size(mesh) if t.strategy == "mesh" else jax.device_count()
+    dp = strategy_lib.data_parallel_count(t.strategy, mesh)
     if t.global_batch_size % dp:
         raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by the {dp} data-parallel "
                          f"devices; use a multiple of {dp}")
@@ -116,6 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     init_batch = example_batch(t.global_batch_size, seq_len, predictions)
     state, abstract, shardings = create_sharded_state(model, optimizer, init_batch, mesh, t.seed)
 
+    # ---- resume (state and the data iterator's position) or initialise from another run
     manager = ckpt.open_manager(os.path.join(workdir, "checkpoints"), keep_last=t.keep_checkpoints,
                                 async_save=t.async_checkpoints)
     restored = ckpt.restore_latest(manager, ckpt.abstract_target(abstract, shardings))
@@ -134,6 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
         _say(f"initialised params from {t.init_from}")
 
+    # ---- input pipeline: this process's slice of every global batch
     process_index, process_count = jax.process_index(), jax.process_count()
     data_kwargs = dict(expected_vocab_fingerprint=manifest.get("vocab_fingerprint"), vocab_size=model_cfg.vocab_size,
                        max_positions=model_cfg.max_position_embeddings, process_index=process_index,
@@ -149,44 +145,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
         _say(f"config:\n{config}")
 
-    skip_nonfinite = t.on_nonfinite == "skip"
-    train_step = make_train_step(model, objectives, optimizer, schedule, opt_cfg.grad_accum_steps,
-                                 axis_name="batch" if t.strategy == "pmap" else None, skip_nonfinite=skip_nonfinite)
-    eval_step = make_eval_step(model, objectives, axis_name="batch" if t.strategy == "pmap" else None)
-    if t.strategy == "pmap":
-        devices = jax.local_devices()
-        p_train = jax.pmap(train_step, axis_name="batch", donate_argnums=(0,))
-        p_eval = jax.pmap(eval_step, axis_name="batch")
-        # One copy per local device along a new leading axis; pmap places slice i on device i.
-        replicate = lambda tree: jax.tree.map(lambda x: np.stack([np.asarray(x)] * len(devices)), tree)
-        state = replicate(jax.device_get(state))
-        if frozen:  # one copy per device, placed once (not per step)
-            frozen = jax.pmap(lambda x: x)(replicate(frozen))
-        run_step = lambda s, b: p_train(s, _pmap_batch(b), frozen)
-        run_eval = lambda p, b: jax.tree.map(lambda x: x[0], p_eval(p, _pmap_batch(b), frozen))
-        # The first device's copy, without compiling an indexing op per leaf shape.
-        first_copy = lambda x: np.asarray(x.addressable_shards[0].data if isinstance(x, jax.Array) else x)[0]
-        unreplicate = lambda s: jax.tree.map(first_copy, s)
-    elif t.strategy == "mesh":
-        metric_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        frozen = jax.device_put(frozen, metric_sharding)  # replicated on every device, placed once
-        jit_train = jax.jit(train_step, in_shardings=(shardings, None, metric_sharding),
-                            out_shardings=(shardings, metric_sharding), donate_argnums=(0,))
-        jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, None, metric_sharding),
-                           out_shardings=metric_sharding)
+    # ---- steps: the pure functions (train/step.py), compiled for the strategy (the one pmap/mesh seam)
+    axis = strategy_lib.axis_name(t.strategy)
+    train_step = make_train_step(model, objectives, optimizer, schedule, opt_cfg.grad_accum_steps, axis_name=axis,
+                                 skip_nonfinite=t.on_nonfinite == "skip")
+    strategy = strategy_lib.make_strategy(t.strategy, train_step, make_eval_step(model, objectives, axis_name=axis),
+                                          mesh, shardings, frozen)
+    state = strategy.place(state)
 
-        def run_step(s, b):
-            with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-                return jit_train(s, _global_batch(b, mesh), frozen)
-
-        def run_eval(p, b):
-            with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-                return jit_eval(p, _global_batch(b, mesh), frozen)
-
-        unreplicate = lambda s: s
-    else:
-        raise ValueError(f"train.strategy={t.strategy!r} is unknown; choose 'mesh' or 'pmap'")
-
+    # ---- held-out evaluation, against the unigram floor.
     # Data built before make-data recorded token counts has no floor; the eval then reports perplexity alone.
     floor = UnigramFloor.from_manifest(manifest, train_dir, model_cfg.vocab_size) if "token_counts" in manifest \
         else None
@@ -199,14 +166,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         for i, batch in enumerate(it):
             if t.eval_batches and i >= t.eval_batches:
                 break
-            accumulate(totals, jax.device_get(run_eval(params, batch)), batch, floor)
+            accumulate(totals, strategy.metrics(strategy.evaluate(params, batch)), batch, floor)
         return add_perplexities(summarize(totals))
 
+    # ---- the loop: step, log one step late, evaluate, checkpoint, stop on preemption
     writer = MetricsWriter(workdir, enabled=process_index == 0)
     preempted = ckpt.install_preemption_handler()
     flops = train_flops_per_step(model_cfg, t.global_batch_size, seq_len, predictions,
-                                 objectives.final_layer_positions(init_batch, model_cfg))
-    start = int(jax.device_get(unreplicate(state).step))
+                                 final_layer_positions(objectives.objectives, init_batch, model_cfg))
+    start = int(jax.device_get(strategy.read(state).step))
     tokens_per_step = t.global_batch_size * seq_len
     progress = None
     if t.progress_bar and process_index == 0:
@@ -215,7 +183,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     config_dict = json.loads(config.to_json_best_effort())
 
     def save(step: int, s) -> None:
-        ckpt.save_checkpoint(manager, step, state=unreplicate(s), data_iter=train_iter.get_state(),
+        ckpt.save_checkpoint(manager, step, state=strategy.read(s), data_iter=train_iter.get_state(),
                              config=config_dict, manifest=manifest)
 
     last: dict[str, float] = {}
@@ -224,9 +192,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     def flush(pending_step, metrics) -> None:
         nonlocal last
-        host = jax.device_get(metrics)
-        if t.strategy == "pmap":
-            host = jax.tree.map(lambda x: x[0], host)
+        host = strategy.metrics(metrics)
         if float(host["nonfinite"]) > 0:
             if t.on_nonfinite == "stop":
                 good = ckpt.complete_steps(os.path.join(workdir, "checkpoints"))
@@ -244,7 +210,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     try:
         while step < t.steps:
             batch = next(train_iter)
-            state, metrics = run_step(state, batch)
+            state, metrics = strategy.train(state, batch)
             step += 1
             window_steps += 1
             if pending is not None:
@@ -271,7 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     writer.write(step, eval_metrics, prefix="eval")
                     _say(f"step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
             if ckpt.should_save(step, every=t.checkpoint_every, total_steps=t.steps, preempted=preempted(step)):
-                if not skip_nonfinite:
+                if t.on_nonfinite != "skip":
                     flush(*pending)  # unguarded updates: a non-finite step raises here, before its state is saved
                 save(step, state)
             if preempted(step):

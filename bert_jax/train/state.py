@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from bert_jax.parallel.sharding import LOGICAL_RULES
+from bert_jax.parallel.sharding import LOGICAL_RULES, mesh_shardings, replicated
 from bert_jax.train.step import TrainState
 
 
@@ -55,12 +55,12 @@ def state_shardings(model: nn.Module, optimizer: optax.GradientTransformation, b
     """(abstract state, shardings) for a state laid out on `mesh` by the logical rules."""
     rng = jax.random.PRNGKey(0)
     boxed = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, batch)["params"], rng)
-    param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    param_shardings = mesh_shardings(boxed, mesh, rules)
     abstract = jax.eval_shape(make_init_fn(model, optimizer, batch), rng)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    shardings = TrainState(step=replicated, params=param_shardings,
-                           opt_state=opt_state_shardings(abstract.opt_state, param_shardings, replicated),
-                           rng=replicated)
+    whole = replicated(mesh)
+    shardings = TrainState(step=whole, params=param_shardings,
+                           opt_state=opt_state_shardings(abstract.opt_state, param_shardings, whole),
+                           rng=whole)
     return abstract, shardings
 
 

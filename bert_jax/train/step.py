@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bert_jax.objectives.base import ObjectiveSet, PretrainModel
+from bert_jax.model.pretraining import PretrainModel
+from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.train.optimizer import accumulate_gradients, split_micro_batches
 
 
