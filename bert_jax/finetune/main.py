@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from bert_jax.finetune.batching import bucket_widths
-from bert_jax.finetune.init import InitError, load_init
+from bert_jax.finetune.init import InitError, describe, load_init
 from bert_jax.finetune.tasks import TaskError, get_task, task_names
 
 SUMMARY_FILE = "metrics.json"
@@ -162,7 +162,7 @@ def run(args) -> dict:
             record.update(init_fingerprint=init.fingerprint, protocol=protocol)
             _write_json(path, record)
             runs.append(record)
-    summary = summarize(task, runs, init.describe(), protocol)
+    summary = summarize(task, runs, describe(init), protocol)
     _write_json(os.path.join(args.workdir, SUMMARY_FILE), summary)
     best = summary["best"]
     log(f"{task.name} dev {task.metric}: median {best['median']:.4f} (min {best['min']:.4f}, max {best['max']:.4f}, "
