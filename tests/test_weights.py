@@ -157,6 +157,33 @@ def test_order_of_precedence(sources, tmp_path):
     assert load_weights(str(numbered)).kind == "params"
 
 
+def test_export_writes_a_workdirs_model_as_a_params_file(sources, tmp_path, capsys):
+    from bert_jax.train import export
+
+    renamed = {**sources["reference"].params}
+    renamed["sop_head"] = renamed.pop("nsp_head")  # an ALBERT-style run: SOP's classifier becomes the NSP head
+    run = _write_run(str(tmp_path / "sop"), [(6, renamed)], sources["reference"].config, objectives="mlm+sop")
+    out = str(tmp_path / "out.msgpack")
+    assert export.main(["--workdir", run, "--out", out]) == 0
+    assert '"step": 6' in capsys.readouterr().out
+    assert load_weights(out).fingerprint == sources["reference"].fingerprint
+    assert export.main(["--workdir", sources["run"], "--step", "3", "--out", out]) == 1
+    assert capsys.readouterr().err.startswith(f"bert-jax export: --workdir {sources['run']}: step 3 is not")
+
+
+def test_init_from_takes_the_whole_tree_in_this_runs_layout(sources):
+    from bert_jax.train.pretrain import load_init_params
+
+    full = load_weights(sources["run"], pretraining_networks=True).params
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), to_scanned(full))
+    params = load_init_params(sources["run"], abstract, scan_layers=True)
+    assert params_fingerprint(params) == params_fingerprint(to_scanned(full))
+    without_generator = {k: v for k, v in abstract.items() if k != "generator"}
+    with pytest.raises(ValueError, match=r"train.init_from=.*do not match this model's tree") as error:
+        load_init_params(sources["run"], without_generator, scan_layers=True)
+    assert "\n" not in str(error.value)
+
+
 def _incomplete_run(path):
     run = shutil.copytree(path[0], path[1])
     for marker in glob.glob(os.path.join(run, "checkpoints", "*", ckpt.COMMIT_MARKER)):
