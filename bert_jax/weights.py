@@ -200,9 +200,9 @@ def _beside(directory: str, name: str) -> str | None:
 
 
 def model_config_from_saved(saved: dict) -> ModelConfig:
-    """The ModelConfig of a pretraining run's saved config (its `model` section; causal when it trained LTR)."""
+    """The ModelConfig of a pretraining run's saved config (its `model` section, a preset under its fields, as
+    ModelConfig.from_dict reads it; causal when it trained LTR)."""
     values = dict(saved["model"])
-    values.pop("preset", None)  # every field is stored; a preset would only repeat them
     # Pretraining makes the model causal for LTR (run_setup.resolve_model) without recording it in `model`.
     terms = [t.rpartition("*")[2] for t in str(saved.get("objectives", "")).replace(" ", "").split("+")]
     if "ltr" in terms:
