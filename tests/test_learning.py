@@ -108,7 +108,8 @@ def test_evaluate_puts_a_trained_model_far_below_the_unigram_floor_and_a_random_
 def test_evaluate_refuses_bad_input_in_one_line(mlm_run, chain_data, tmp_path, capsys):
     workdir, _ = mlm_run
     cases = [
-        (["--checkpoint", str(tmp_path / "nope"), "--data", chain_data["single"]], "--init"),
+        (["--checkpoint", str(tmp_path / "nope"), "--data", chain_data["single"]],
+         f"--checkpoint {tmp_path / 'nope'} does not exist"),
         (["--checkpoint", workdir, "--data", str(tmp_path)], "without manifest.json"),
         (["--checkpoint", workdir, "--data", chain_data["single"]], "mode 'single'"),  # no NSP pairs in it
         (["--checkpoint", workdir, "--data", chain_data["segment-pair"], "--objectives", "mlm+sop"], "sentence-order"),

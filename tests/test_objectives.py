@@ -317,13 +317,15 @@ def test_distill_teacher_sources(tmp_path):
 
     params = _save_teacher(str(tmp_path / "t.msgpack"), CFG)
     save_hf_checkpoint(str(tmp_path / "hf"), CFG, params)
-    for source in (str(tmp_path / "t.msgpack"), str(tmp_path / "hf")):
+    # tmp_path holds one params file (and a subdirectory): read like `finetune --init`, by bert_jax.weights' rules.
+    for source in (str(tmp_path / "t.msgpack"), str(tmp_path / "hf"), str(tmp_path)):
         cfg, loaded = read_teacher(source)
         assert (cfg.hidden_size, cfg.num_layers, cfg.vocab_size) == (32, 1, 120)
         np.testing.assert_allclose(loaded["encoder"]["embeddings"]["token"]["embedding"],
                                    params["encoder"]["embeddings"]["token"]["embedding"], atol=1e-6)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(TeacherError, match="neither"):
-        read_teacher(str(tmp_path))
+        read_teacher(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="teacher"):
         ObjectiveSet.parse("distill")
 

@@ -193,11 +193,11 @@ def test_two_processes_match_one(data, reference_run, tmp_path):
 
 
 def _restored_params(workdir, step):
-    from bert_jax.train.export import read_checkpoint_params
+    from bert_jax.weights import load_weights
 
-    params, _, restored_step = read_checkpoint_params(workdir, step)
-    assert restored_step == step
-    return params
+    weights = load_weights(workdir, step=step, pretraining_networks=True)
+    assert weights.step == step
+    return weights.params
 
 
 def test_nonfinite_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data, tmp_path):

@@ -29,7 +29,7 @@ import numpy as np
 from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.finetune import predictions as P
 from bert_jax.finetune.batching import bucket_widths
-from bert_jax.finetune.init import InitError, load_init
+from bert_jax.finetune.init import InitError, describe, load_init
 from bert_jax.finetune.tasks import TaskError, get_task, task_names
 
 SUMMARY_FILE = "metrics.json"
@@ -266,7 +266,7 @@ def run(args) -> dict:
             record.update(init_fingerprint=init.fingerprint, protocol=protocol)
             _write_json(path, record)
             runs.append(record)
-    summary = summarize(task, runs, init.describe(), protocol)
+    summary = summarize(task, runs, describe(init), protocol)
     summary["predictions"] = publish_best_predictions(args.workdir, summary, log) if task.predict else None
     _write_json(os.path.join(args.workdir, SUMMARY_FILE), summary)
     best = summary["best"]

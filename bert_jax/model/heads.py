@@ -9,8 +9,12 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.model.layers import LayerNorm, dense, gather_positions, zeros_init
 
 Array = jax.Array
-# The BERT heads' names in every params tree (pretraining, export, interop, fine-tuning's pooler).
-MLM_HEAD, POOLER, NSP_HEAD = "mlm_head", "pooler", "nsp_head"
+# The names of the encoder and the heads in every params tree: pretraining, export, interop, the loader.
+ENCODER, POOLER, MLM_HEAD, NSP_HEAD, SOP_HEAD, LM_HEAD = "encoder", "pooler", "mlm_head", "nsp_head", "sop_head", "lm_head"
+# The heads a pretrained model keeps after pretraining (networks that serve pretraining only are dropped).
+MODEL_HEADS = (POOLER, MLM_HEAD, NSP_HEAD, SOP_HEAD, LM_HEAD)
+# SOP's classifier has NSP's shape and reads the same pooler, so either serves where the other is asked for.
+HEAD_ALIASES = {NSP_HEAD: SOP_HEAD, SOP_HEAD: NSP_HEAD}
 
 
 @jax.custom_vjp

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.encoder import Encoder
-from bert_jax.model.heads import Classifier, MLMHead, Pooler
+from bert_jax.model.heads import ENCODER, Classifier, MLMHead, Pooler
 from bert_jax.model.layers import gather_positions
 
 Array = jax.Array
@@ -97,7 +97,7 @@ class PretrainModel(nn.Module):
 
     @nn.compact
     def __call__(self, batch: Batch, deterministic: bool = True) -> dict[str, Array]:
-        encoder = Encoder(self.config, name="encoder")
+        encoder = Encoder(self.config, name=ENCODER)
         objectives = self.objectives.objectives
         hidden = final_hidden(encoder, objectives, batch, self.config, deterministic)
         sums: dict[str, Array] = {}

@@ -8,9 +8,9 @@ Terms, each with a weight option (0 switches a term off):
   mlm_loss             the ordinary (hard-label) MLM loss of the student, under the usual names and head, so the
                        student's params are a standard pretraining tree ('distill' replaces 'mlm').
 
-The teacher is a BERT MLM model read from `teacher`: a pretraining workdir (or one of its checkpoint step
-directories), a params file (`bert-jax convert`, `bert_jax.interop.load_params`), or a transformers checkpoint
-directory (`bert_jax.interop.load_hf_checkpoint`). It must share the student's vocabulary.
+The teacher is a BERT MLM model read from `teacher` by `bert_jax.weights.load_weights`: a pretraining
+workdir[@STEP] (or one of its checkpoint step directories), a params file (`bert-jax convert`), or a transformers
+checkpoint directory. It must share the student's vocabulary.
 
 Design: the teacher is a *frozen variable collection* 'teacher' ({'encoder', 'mlm_head'} as in any pretraining
 tree) that the train/eval steps take as an argument (`ObjectiveSet.load_frozen()` reads it once on the host).
@@ -21,13 +21,9 @@ created from the teacher's config, only for shapes; that copy is dropped with ev
 """
 from __future__ import annotations
 
-import json
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.encoder import Encoder
@@ -35,6 +31,7 @@ from bert_jax.model.heads import MLM_HEAD, MLMHead
 from bert_jax.model.layers import dense
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 from bert_jax.objectives.mlm import ALL_MODES
+from bert_jax.weights import ENCODER, WeightsError, load_weights
 
 TEACHER = "teacher"  # the frozen collection's name
 
@@ -60,67 +57,20 @@ class Teacher(nn.Module):
 # ----------------------------------------------------------------------------------------- loading
 
 
-def _checkpoint_dir(path: str) -> tuple[str, int | None]:
-    """(checkpoints directory, step or None for the newest) of a workdir or a step directory inside one."""
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return os.path.join(path, "checkpoints"), None
-    name = os.path.basename(os.path.normpath(path))
-    return os.path.dirname(os.path.normpath(path)), int(name)
-
-
-def _is_checkpoint(path: str) -> bool:
-    name = os.path.basename(os.path.normpath(path))
-    return os.path.isdir(os.path.join(path, "checkpoints")) or (name.isdigit() and os.path.isdir(path))
-
-
-def _restore(path: str, with_params: bool) -> tuple[ModelConfig, dict | None]:
-    from bert_jax.train import checkpoint as ckpt
-
-    directory, step = _checkpoint_dir(path)
-    complete = ckpt.complete_steps(directory)
-    step = step if step is not None else (complete[-1] if complete else None)
-    if step is None or step not in complete:
-        raise TeacherError(f"distill.teacher={path!r} holds no complete checkpoint; point it at a pretraining workdir")
-    manager = ckpt.open_manager(directory, async_save=False)
-    args = {"config": ckpt.ocp.args.JsonRestore()}
-    if with_params:
-        meta = manager.item_metadata(step)["state"]
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), meta)
-        args["state"] = ckpt.ocp.args.StandardRestore(target)
-    restored = manager.restore(step, args=ckpt.ocp.args.Composite(**args))
-    model = dict(restored["config"]["model"])
-    model.pop("preset", None)  # every field is stored; the preset would only repeat them
-    config = ModelConfig.from_dict({**model, "causal": False})
-    params = None
-    if with_params:
-        params = restored["state"]["params"]
-        params = {k: jax.tree.map(np.asarray, params[k]) for k in ("encoder", "mlm_head") if k in params}
-    return config, params
-
-
 def read_teacher(path: str, with_params: bool = True) -> tuple[ModelConfig, dict | None]:
-    """(teacher config, {'encoder', 'mlm_head'} numpy params or None) from any of the supported sources."""
+    """(teacher config, {'encoder', 'mlm_head'} numpy params or None) from any source `load_weights` reads."""
     if not path:
         raise TeacherError("distill needs a teacher: set objective_options.distill.teacher to a pretraining "
                            "workdir, a params file or a transformers checkpoint directory")
-    if os.path.isfile(path):
-        from bert_jax.interop import load_params
-        config, params = load_params(path)
-    elif _is_checkpoint(path):
-        config, params = _restore(path, with_params)
-    elif os.path.isfile(os.path.join(path, "config.json")):
-        from bert_jax.interop import config_from_hf, load_hf_checkpoint
-        if not with_params:
-            with open(os.path.join(path, "config.json")) as f:
-                return config_from_hf(json.load(f)), None
-        config, params = load_hf_checkpoint(path)
-    else:
-        raise TeacherError(f"distill.teacher={path!r} is neither a params file, a pretraining workdir nor a "
-                           "transformers checkpoint directory; check the path")
-    if params is not None and not {"encoder", "mlm_head"} <= set(params):
+    try:
+        weights = load_weights(path, "distill.teacher", params=with_params)
+    except WeightsError as e:
+        raise TeacherError(str(e)) from None
+    config, params = weights.config, weights.params
+    if params is not None and not {ENCODER, "mlm_head"} <= set(params):
         raise TeacherError(f"distill.teacher={path!r} has no MLM head (params {sorted(params)}); "
                            "the teacher must be an MLM-pretrained model")
-    params = None if params is None else {"encoder": params["encoder"], "mlm_head": params["mlm_head"]}
+    params = None if params is None else {ENCODER: params[ENCODER], "mlm_head": params["mlm_head"]}
     return config.replace(dropout_rate=0.0, attention_dropout_rate=0.0, causal=False), params
 
 

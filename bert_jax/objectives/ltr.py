@@ -9,7 +9,7 @@ the token embeddings. Fine-tuning such a model must keep `model.causal=True` and
 """
 import jax.numpy as jnp
 
-from bert_jax.model.heads import CausalLMHead
+from bert_jax.model.heads import LM_HEAD, CausalLMHead
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
 
@@ -25,7 +25,7 @@ def denominators(batch):
 
 
 def forward(ctx):
-    logits = CausalLMHead(ctx.config, name="lm_head")(ctx.hidden[:, :-1], ctx.encoder.attend)
+    logits = CausalLMHead(ctx.config, name=LM_HEAD)(ctx.hidden[:, :-1], ctx.encoder.attend)
     weights = next_token_weights(ctx.batch["input_mask"])
     loss, correct = weighted_cross_entropy(logits, ctx.batch["input_ids"][:, 1:], weights)
     return {"ltr_loss": loss, "ltr_accuracy": correct}

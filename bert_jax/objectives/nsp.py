@@ -1,7 +1,7 @@
 """Next-sentence prediction (BERT): is segment B the text that followed A (0) or a random one (1)?"""
 import jax.numpy as jnp
 
-from bert_jax.model.heads import NSP_HEAD, POOLER, Classifier, Pooler
+from bert_jax.model.heads import NSP_HEAD, POOLER, SOP_HEAD, Classifier, Pooler
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
 
@@ -19,7 +19,7 @@ def first_position(batch):
 def sentence_pair_forward(prefix):
     def forward(ctx):
         pooled = Pooler(ctx.config, name=POOLER)(ctx.hidden)  # [CLS], the only position read
-        logits = Classifier(ctx.config, 2, name=NSP_HEAD if prefix == "nsp" else f"{prefix}_head")(pooled)
+        logits = Classifier(ctx.config, 2, name={"nsp": NSP_HEAD, "sop": SOP_HEAD}[prefix])(pooled)
         labels = ctx.batch["sentence_label"]
         loss, correct = weighted_cross_entropy(logits, jnp.maximum(labels, 0), labels >= 0)
         return {f"{prefix}_loss": loss, f"{prefix}_accuracy": correct}

@@ -21,6 +21,9 @@ Saves are asynchronous: `save_checkpoint` returns once arrays are copied off the
 
 Multi-host: every process calls every function (orbax synchronises); quarantine moves are done by
 process 0 only.
+
+What makes a step complete, and reading a finished checkpoint's params outside a run (fine-tuning, export,
+`train.init_from`, a distillation teacher), live in `bert_jax.weights`, below train/ and objectives/.
 """
 from __future__ import annotations
 
@@ -28,7 +31,6 @@ import dataclasses
 import errno
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -36,12 +38,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
+
+# The layout's read side (which steps are complete) sits below train/, with the weight loader that reads it;
+# COMMIT_MARKER and ITEM_NAMES are re-exported for those who write or inspect the layout here.
+from bert_jax.weights import (COMMIT_MARKER, ITEM_NAMES, complete_steps, incomplete_reason,  # noqa: F401
+                              list_children, step_directories, storage_path)
 
 log = logging.getLogger(__name__)
 
-ITEM_NAMES = ("state", "data_iter", "config", "manifest")
-COMMIT_MARKER = "commit_success.txt"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 QUARANTINE_DIR = "quarantine"
 
@@ -89,7 +93,7 @@ def open_manager(directory: str, *, keep_last: int = 3, keep_best: int = 0, best
     # Handlers named up front so a fresh manager can read metadata before anything was saved.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(), "manifest": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(_path(directory), item_handlers=handlers, options=options)
+    return ocp.CheckpointManager(storage_path(directory), item_handlers=handlers, options=options)
 
 
 def should_save(step: int, *, every: int, total_steps: int, preempted: bool = False) -> bool:
@@ -147,7 +151,7 @@ def _save_error(manager: ocp.CheckpointManager, error: BaseException, step: int 
     else:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     # The failure may belong to the previous (asynchronous) save rather than to `step`.
-    pending = [p.name for p in _children(directory) if TMP_SUFFIX in p.name]
+    pending = [p.name for p in list_children(directory) if TMP_SUFFIX in p.name]
     failed = [name.split(".")[0] for name in pending] or ([str(step)] if step is not None else [])
     what = "step " + ", ".join(failed) if failed else "the pending save"
     left = f" (incomplete directory {', '.join(pending)} is skipped on resume)" if pending else ""
@@ -183,34 +187,6 @@ class RestoredCheckpoint:
     manifest: Any
 
 
-def _path(directory: Any) -> epath.Path:
-    # epath so that gs:// directories work like local ones (orbax uses it too).
-    text = str(directory)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
-
-
-def _children(directory: Any) -> list[epath.Path]:
-    path = _path(directory)
-    return sorted(path.iterdir(), key=lambda p: p.name) if path.is_dir() else []
-
-
-def step_directories(directory: str) -> list[tuple[int, str]]:
-    """(step, path) of every finished-looking step directory, oldest first (may still be corrupt)."""
-    return sorted((int(p.name), str(p)) for p in _children(directory) if p.name.isdigit())
-
-
-def complete_steps(directory: str) -> list[int]:
-    """Steps whose directory carries the commit marker, oldest first (contents are not verified)."""
-    return [step for step, path in step_directories(directory) if _incomplete_reason(path) is None]
-
-
-def _incomplete_reason(path: str) -> str | None:
-    if not (_path(path) / COMMIT_MARKER).is_file():
-        return f"missing commit marker {COMMIT_MARKER}"
-    missing = [name for name in ITEM_NAMES if not (_path(path) / name).is_dir()]
-    return f"missing items {missing}" if missing else None
-
-
 def abstract_target(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of `tree` (arrays or ShapeDtypeStructs) carrying `shardings`.
 
@@ -224,7 +200,7 @@ def abstract_target(tree: Any, shardings: Any) -> Any:
 
 def restore_checkpoint(manager: ocp.CheckpointManager, step: int, target: Any) -> RestoredCheckpoint:
     """Restore `step` into `target` (pytree of jax.ShapeDtypeStruct with shardings, see abstract_target)."""
-    path = str(_path(manager.directory) / str(step))
+    path = str(storage_path(manager.directory) / str(step))
     check_restore_target(manager.item_metadata(step)["state"], target, path)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data_iter=ocp.args.JsonRestore(),
@@ -247,7 +223,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     candidates = step_directories(directory)
     skipped = []
     for step, path in reversed(candidates):
-        reason = _incomplete_reason(path)
+        reason = incomplete_reason(path)
         if reason is None:
             try:
                 restored = restore_checkpoint(manager, step, target)
@@ -264,14 +240,14 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
         manager.reload()
     if skipped:
         raise CorruptCheckpointError(f"no complete checkpoint in {directory}; skipped: {'; '.join(skipped)}. "
-                                     f"They were moved to {_path(directory) / QUARANTINE_DIR}")
+                                     f"They were moved to {storage_path(directory) / QUARANTINE_DIR}")
     return None
 
 
 def _quarantine(path: str) -> str | None:
     if jax.process_index() != 0:
         return None
-    source = _path(path)
+    source = storage_path(path)
     parent = source.parent / QUARANTINE_DIR
     parent.mkdir(parents=True, exist_ok=True)
     target = parent / f"{source.name}.{time.time_ns()}"
@@ -282,7 +258,7 @@ def _quarantine(path: str) -> str | None:
 
 def _quarantine_stale_tmp_directories(directory: str) -> None:
     # Only called before a run starts saving, so any tmp directory belongs to a dead process.
-    for path in _children(directory):
+    for path in list_children(directory):
         if TMP_SUFFIX in path.name:
             log.warning("incomplete checkpoint %s (a save that never finished) is skipped", path)
             _quarantine(str(path))

@@ -4,9 +4,9 @@
     bert-jax evaluate --checkpoint params.msgpack --data 'books/*.txt.gz' --train_data pretrain_dir/
 
 --checkpoint is whatever `bert-jax finetune --init` takes: a pretraining workdir (newest complete checkpoint, or
-@STEP), a params file (`bert-jax export`) or a transformers checkpoint directory. --data is a `make-data`
-directory, or text files in any format `make-data` reads (tokenised into a temporary dataset with the model's
-vocab, in the objectives' data mode).
+@STEP), a params file (`bert-jax export`), a transformers checkpoint directory (`bert_jax.weights` tells them
+apart) or random:SOURCE. --data is a `make-data` directory, or text files in any format `make-data` reads
+(tokenised into a temporary dataset with the model's vocab, in the objectives' data mode).
 
 Masked-LM models (the default, `mlm+nsp`; a workdir's own objectives when it has them) are scored on masks drawn
 from --seed, the same for every model given the same data and seed, over the whole set or --max_examples. A
@@ -30,17 +30,17 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bert_jax.data.corpus import FORMAT_HELP, FORMATS, CorpusError, ReaderOptions
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.pipeline import make_eval_iterator
 from bert_jax.data.shards import MANIFEST, DataError, read_manifest
 from bert_jax.data.unigram import UnigramError, UnigramFloor, accumulate, add_perplexities
-from bert_jax.finetune.init import InitError, PretrainedInit, load_init
+from bert_jax.finetune.init import InitError, load_init
 from bert_jax.model.pretraining import PretrainModel
 from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.train.step import make_eval_step, summarize
+from bert_jax.weights import Weights, find_head
 
 SCORABLE = ("mlm", "nsp", "sop", "ltr")  # objectives whose heads make a held-out score
 
@@ -49,7 +49,7 @@ class EvaluateError(ValueError):
     """Bad input to `bert-jax evaluate`; the message names it and the fix."""
 
 
-def choose_objectives(init: PretrainedInit, requested: str | None) -> ObjectiveSet:
+def choose_objectives(init: Weights, requested: str | None) -> ObjectiveSet:
     if requested:
         spec = requested
     elif init.saved_config and init.saved_config.get("objectives"):
@@ -64,19 +64,18 @@ def choose_objectives(init: PretrainedInit, requested: str | None) -> ObjectiveS
     return ObjectiveSet.parse(spec)
 
 
-def model_params(init: PretrainedInit, model: PretrainModel, batch: dict) -> dict:
+def model_params(init: Weights, model: PretrainModel, batch: dict) -> dict:
     """The loaded params in the tree the scoring model needs; a head the checkpoint lacks is an error."""
     abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), batch)))["params"]
-    aliases = {"sop_head": "nsp_head", "nsp_head": "sop_head"}
     out = {}
     fresh = None
     for name in abstract:
-        source = name if name in init.params else aliases.get(name)
-        if source not in init.params and init.kind == "random":  # e.g. an LTR head: random like the rest
+        source = find_head(init.params, name)
+        if source is None and init.kind == "random":  # e.g. an LTR head: random like the rest
             fresh = fresh or nn.unbox(model.init(jax.random.key(0), batch))["params"]
             out[name] = fresh[name]
             continue
-        if source not in init.params:
+        if source is None:
             raise EvaluateError(f"--checkpoint {init.path} has no {name!r} params (it has {sorted(init.params)}); "
                                 "pass --objectives naming only heads it trained")
         out[name] = init.params[source]
@@ -98,7 +97,7 @@ def masking_for(objectives: ObjectiveSet, saved: dict | None, seq_len: int, rate
                          max_predictions=max(1, math.ceil(seq_len * rate)))
 
 
-def dataset_for(args, init: PretrainedInit, objectives: ObjectiveSet, scratch: str) -> str:
+def dataset_for(args, init: Weights, objectives: ObjectiveSet, scratch: str) -> str:
     """--data as a make-data directory, building one from text files when it is not."""
     if os.path.isdir(args.data) and os.path.isfile(os.path.join(args.data, MANIFEST)):
         return args.data
@@ -117,7 +116,7 @@ def dataset_for(args, init: PretrainedInit, objectives: ObjectiveSet, scratch: s
     return out
 
 
-def floor_for(args, init: PretrainedInit, eval_dir: str, eval_manifest: dict, vocab_size: int) -> tuple[UnigramFloor, str]:
+def floor_for(args, init: Weights, eval_dir: str, eval_manifest: dict, vocab_size: int) -> tuple[UnigramFloor, str]:
     if args.train_data:
         return UnigramFloor.from_manifest(read_manifest(args.train_data), args.train_data, vocab_size), args.train_data
     if init.manifest and "token_counts" in init.manifest:
@@ -128,7 +127,7 @@ def floor_for(args, init: PretrainedInit, eval_dir: str, eval_manifest: dict, vo
 
 def evaluate(args) -> dict:
     start = time.perf_counter()
-    init = load_init(args.checkpoint)
+    init = load_init(args.checkpoint, name="--checkpoint")
     objectives = choose_objectives(init, args.objectives)
     config = init.config.replace(causal=init.config.causal or objectives.causal)
     if config.causal != init.config.causal:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 
@@ -20,46 +19,7 @@ import jax.numpy as jnp
 from bert_jax.interop.convert_cli import save_params
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.pretraining import BertForPreTraining
-from bert_jax.train import checkpoint as ckpt
-
-# Our head name -> the BertForPreTraining head it becomes (SOP's classifier is the same shape as NSP's).
-HEAD_ALIASES = {"nsp_head": ("nsp_head", "sop_head")}
-
-
-def read_checkpoint(workdir: str, step: int | None = None) -> tuple[dict, dict, dict | None, int]:
-    """(params, saved config, data manifest, step) of a pretraining workdir's newest complete checkpoint (or
-    `step`), in one restore."""
-    directory = os.path.join(workdir, "checkpoints")
-    steps = ckpt.complete_steps(directory)
-    if not steps:
-        raise FileNotFoundError(f"{workdir!r} holds no complete checkpoint in {directory}; point at a pretraining "
-                                "workdir (bert-jax pretrain --workdir ...)")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise FileNotFoundError(f"step {step} is not a complete checkpoint in {directory}; complete: {steps}")
-    manager = ckpt.open_manager(directory, async_save=False)
-    meta = manager.item_metadata(step)["state"]
-    # An explicit single-device sharding: restore onto this process's devices whatever topology saved it.
-    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), meta)
-    restored = manager.restore(step, args=ckpt.ocp.args.Composite(
-        state=ckpt.ocp.args.StandardRestore(target), config=ckpt.ocp.args.JsonRestore(),
-        manifest=ckpt.ocp.args.JsonRestore()))
-    return jax.device_get(restored["state"]["params"]), restored["config"], restored["manifest"], step
-
-
-def read_checkpoint_params(workdir: str, step: int | None = None) -> tuple[dict, dict, int]:
-    """(params, saved config, step): `read_checkpoint` without the manifest."""
-    params, config, _, step = read_checkpoint(workdir, step)
-    return params, config, step
-
-
-def model_config_from_saved(saved: dict) -> ModelConfig:
-    values = dict(saved["model"])
-    objectives = saved.get("objectives", "")
-    if "ltr" in objectives.replace(" ", "").split("+"):
-        values["causal"] = True
-    return ModelConfig.from_dict(values)
+from bert_jax.weights import ENCODER, find_head, load_weights
 
 
 def pretraining_params(params: dict, config: ModelConfig, seed: int = 0) -> dict:
@@ -67,9 +27,9 @@ def pretraining_params(params: dict, config: ModelConfig, seed: int = 0) -> dict
     fresh = nn.unbox(BertForPreTraining(config).init(jax.random.key(seed), jnp.zeros((1, 2), jnp.int32)))["params"]
     out = {}
     for name, value in fresh.items():
-        source = next((alias for alias in HEAD_ALIASES.get(name, (name,)) if alias in params), None)
+        source = find_head(params, name)
         if source is None:
-            if name == "encoder":
+            if name == ENCODER:
                 raise ValueError("the checkpoint has no 'encoder' params; is it a bert_jax pretraining checkpoint?")
             warnings.warn(f"export: the run trained no {name!r}; writing a freshly initialised one", stacklevel=2)
             out[name] = value
@@ -86,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="a checkpoint step (default: the newest complete)")
     args = parser.parse_args(argv)
     try:
-        params, saved, step = read_checkpoint_params(args.workdir, args.step)
-        config = model_config_from_saved(saved)
-        save_params(args.out, config, pretraining_params(params, config))
+        weights = load_weights(args.workdir, "--workdir", step=args.step)
+        config = weights.config
+        save_params(args.out, config, pretraining_params(weights.params, config))
     except (FileNotFoundError, ValueError) as e:
         print(f"bert-jax export: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({"exported": args.out, "step": step, "model": config.to_dict()}))
+    print(json.dumps({"exported": args.out, "step": weights.step, "model": config.to_dict()}))
     return 0

@@ -35,6 +35,7 @@ from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
 from bert_jax.train.state import create_sharded_state, example_batch
 from bert_jax.train.run_setup import masking_config, prepare_data, read_train_manifest, resolve_model, setup_distributed
 from bert_jax.train.step import make_eval_step, make_train_step, summarize
+from bert_jax.weights import load_weights
 
 log = logging.getLogger("bert_jax.pretrain")
 # Fields a checkpoint must agree on to be resumed (or used by init_from) by this run.
@@ -52,23 +53,14 @@ def _say(msg: str) -> None:
         print(msg, flush=True)
 
 
-def load_init_params(path: str, abstract_params: Any) -> Any:
-    """Params from another run's newest checkpoint (phase two, continued pretraining)."""
-    if not os.path.isdir(path):  # checked first: opening a manager would create the mistyped directory
-        raise FileNotFoundError(f"train.init_from={path!r} does not exist; point it at a pretraining workdir")
-    manager = ckpt.open_manager(os.path.join(path, "checkpoints") if os.path.isdir(
-        os.path.join(path, "checkpoints")) else path, async_save=False)
-    complete = ckpt.complete_steps(str(manager.directory))
-    step = complete[-1] if complete else None
-    if step is None:
-        raise FileNotFoundError(f"train.init_from={path!r} holds no checkpoint; point it at a pretraining workdir")
-    meta = manager.item_metadata(step)["state"]
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), meta)
-    restored = manager.restore(step, args=ckpt.ocp.args.Composite(state=ckpt.ocp.args.StandardRestore(target)))
-    params = restored["state"]["params"]
+def load_init_params(path: str, abstract_params: Any, scan_layers: bool) -> Any:
+    """This run's params from `train.init_from` (phase two, continued pretraining): another run's checkpoint, with
+    the networks only pretraining uses, or any other source `bert_jax.weights.load_weights` reads."""
+    params = load_weights(path, "train.init_from", scan_layers=scan_layers, pretraining_networks=True).params
     if jax.tree.structure(params) != jax.tree.structure(abstract_params):
-        raise ValueError(f"train.init_from={path!r}: its params do not match this model's tree; "
-                         "check model.* against that run's config.json")
+        raise ValueError(f"train.init_from={path!r}: its params ({', '.join(sorted(params))}) do not match this "
+                         f"model's tree ({', '.join(sorted(abstract_params))}); check model.* and objectives "
+                         "against the source's config")
     return jax.tree.map(lambda a, p: jnp.asarray(p, a.dtype), abstract_params, params)
 
 
@@ -124,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         state, data_state = restored.state, restored.data_iter
         _say(f"resumed from {restored.path} at step {int(state.step)}")
     elif t.init_from:
-        params = load_init_params(t.init_from, abstract.params)
+        params = load_init_params(t.init_from, abstract.params, model_cfg.scan_layers)
         params = jax.device_put(params, shardings.params)
         state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
         _say(f"initialised params from {t.init_from}")
