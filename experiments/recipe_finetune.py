@@ -22,7 +22,7 @@ TASKS = {"sst2": ("glue/sst2", "SST-2", ["--max_train_examples", "4000"]), "mrpc
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="the pretraining workdir")
+    p.add_argument("--run", required=True, help="the pretraining workdir, or WORKDIR@STEP for one checkpoint")
     p.add_argument("--workdir", required=True)
     p.add_argument("--tasks", default="sst2,mrpc")
     p.add_argument("--learning_rates", default="2e-4,5e-5")
@@ -35,7 +35,8 @@ def main() -> int:
     for name in args.tasks.split(","):
         task, folder, extra = TASKS[name]
         cells = {}
-        for label, init in (("pretrained", args.run), ("random", f"random:{args.run}")):
+        # random: the same architecture from the run's config (a step suffix names weights, not the architecture)
+        for label, init in (("pretrained", args.run), ("random", f"random:{args.run.split('@')[0]}")):
             workdir = os.path.join(args.workdir, f"{name}-{label}")
             cmd = ["bert-jax", "finetune", "--task", task, "--data_dir", os.path.join(args.shared_data, "glue", folder),
                    "--init", init, "--workdir", workdir, "--learning_rates", args.learning_rates, "--seeds",
