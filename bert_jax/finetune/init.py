@@ -34,8 +34,10 @@ class InitError(ValueError):
 class PretrainedInit:
     kind: str  # 'workdir' | 'params' | 'hf' | 'random'
     path: str
-    config: ModelConfig  # unscanned layout (fine-tuning reads hidden states per layer)
-    params: dict  # a BertForPreTraining-style tree: 'encoder', and 'pooler' etc. where the source has them
+    config: ModelConfig
+    # A BertForPreTraining-style tree ('encoder', and 'pooler' etc. where the source has them) in the per-layer
+    # layout: fine-tuning reads hidden states per layer.
+    params: dict
     vocab_path: str | None  # the vocab.txt the weights were trained with, when the source records it
     fingerprint: str
     step: int | None = None
@@ -56,12 +58,10 @@ def params_fingerprint(params) -> str:
     return digest.hexdigest()[:16]
 
 
-def _unscanned(config: ModelConfig, params: dict) -> tuple[ModelConfig, dict]:
-    if not config.scan_layers:
-        return config, params
-    from bert_jax.model.params import to_unscanned
+def _unscanned(params: dict) -> dict:
+    from bert_jax.model.params import is_scanned, to_unscanned
 
-    return config.replace(scan_layers=False), to_unscanned(params)
+    return to_unscanned(params) if is_scanned(params) else params
 
 
 def _from_workdir(path: str, step: int | None) -> PretrainedInit:
@@ -74,7 +74,7 @@ def _from_workdir(path: str, step: int | None) -> PretrainedInit:
     # student is 'encoder' whatever the objective.
     heads = ("pooler", "mlm_head", "nsp_head", "sop_head", "lm_head")
     params = {k: v for k, v in params.items() if k == "encoder" or k in heads}
-    config, params = _unscanned(config, params)
+    params = _unscanned(params)
     return PretrainedInit("workdir", os.path.abspath(path), config, params, vocab, params_fingerprint(params), step,
                           saved, manifest)
 
@@ -84,7 +84,7 @@ def _from_params_file(path: str) -> PretrainedInit:
 
     config, params = load_params(path, scan_layers=False)
     sibling = os.path.join(os.path.dirname(os.path.abspath(path)), "vocab.txt")
-    return PretrainedInit("params", os.path.abspath(path), config.replace(scan_layers=False), params,
+    return PretrainedInit("params", os.path.abspath(path), config, params,
                           sibling if os.path.exists(sibling) else None, params_fingerprint(params))
 
 
@@ -93,7 +93,7 @@ def _from_hf(path: str) -> PretrainedInit:
 
     config, params = load_hf_checkpoint(path, heads="init")
     vocab = os.path.join(path, "vocab.txt")
-    return PretrainedInit("hf", os.path.abspath(path), config.replace(scan_layers=False), params,
+    return PretrainedInit("hf", os.path.abspath(path), config, params,
                           vocab if os.path.exists(vocab) else None, params_fingerprint(params))
 
 
@@ -131,7 +131,7 @@ def _random(source: str, vocab: str | None) -> PretrainedInit:
         from bert_jax.data.tokenizer import load_tokenizer
 
         values["vocab_size"] = load_tokenizer(vocab_path).vocab_size
-    config = model_config_from_saved({**saved, "model": values}).replace(scan_layers=False)
+    config = model_config_from_saved({**saved, "model": values})
     params = nn.unbox(BertForPreTraining(config).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))["params"]
     params = jax.device_get(params)
     return PretrainedInit("random", f"random:{os.path.abspath(source) if os.path.exists(source) else source}",

@@ -7,7 +7,7 @@ import flax.struct
 import flax.linen as nn
 import jax
 
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.heads import Classifier, MLMHead, Pooler
 
@@ -23,9 +23,10 @@ class PreTrainingOutput:
 
 class BertForPreTraining(nn.Module):
     config: ModelConfig
+    speed: SpeedConfig = SpeedConfig()
 
     def setup(self):
-        self.encoder = Encoder(self.config)
+        self.encoder = Encoder(self.config, speed=self.speed)
         self.mlm_head = MLMHead(self.config)
         self.pooler = Pooler(self.config)
         self.nsp_head = Classifier(self.config, 2)

@@ -10,7 +10,7 @@ An objective is one module that calls `register(Objective(...))`. It declares
     an option that holds it, so a config can change it);
   - optionally `positions(batch)`: the [B, P] positions of the final layer's output its forward reads, taken
     through `ctx.encode_at()`; when every objective of a run declares them, the encoder's last layer runs at
-    those positions only (`model.sparse_final_layer`);
+    those positions only (`speed.sparse_final_layer`);
   - optionally `prepare_options(options)` (run once when the set is parsed, e.g. to read a teacher's config)
     and `load_frozen(options)`: variable collections that are inputs, never trained (a distillation teacher);
     the steps take them as an argument and pass them to `model.apply` beside 'params'.
@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.encoder import Encoder, EncoderOutput
 from bert_jax.model.layers import gather_positions
 
@@ -151,16 +151,16 @@ class ObjectiveSet:
         specific = min(self.objectives, key=lambda o: len(o.data_modes))
         return tuple(m for m in specific.data_modes if all(m in o.data_modes for o in self.objectives))
 
-    def reads_final_layer_sparsely(self, config: ModelConfig) -> bool:
+    def reads_final_layer_sparsely(self, speed: SpeedConfig) -> bool:
         """Whether `PretrainModel` asks the encoder for the objectives' positions only (every objective declares
-        them and `model.sparse_final_layer` is on)."""
-        return config.sparse_final_layer and all(o.positions is not None for o in self.objectives)
+        them and `speed.sparse_final_layer` is on)."""
+        return speed.sparse_final_layer and all(o.positions is not None for o in self.objectives)
 
-    def final_layer_positions(self, batch: Batch, config: ModelConfig) -> int | None:
+    def final_layer_positions(self, batch: Batch, speed: SpeedConfig) -> int | None:
         """How many positions the encoder's last layer computes per example: the objectives' `positions` summed
         when it reads them sparsely and the stack is not scanned (a scanned stack computes the layer whole),
         else None (all of them)."""
-        if config.scan_layers or not self.reads_final_layer_sparsely(config):
+        if speed.scan_layers or not self.reads_final_layer_sparsely(speed):
             return None
         return sum(int(o.positions(batch).shape[1]) for o in self.objectives)
 
@@ -252,14 +252,15 @@ class PretrainModel(nn.Module):
 
     config: ModelConfig
     objectives: ObjectiveSet
+    speed: SpeedConfig = SpeedConfig()
 
     @nn.compact
     def __call__(self, batch: Batch, deterministic: bool = True) -> dict[str, Array]:
-        encoder = Encoder(self.config, name="encoder")
+        encoder = Encoder(self.config, speed=self.speed, name="encoder")
         sums: dict[str, Array] = {}
         shared: dict = {}
         objectives = self.objectives.objectives
-        sparse = self.objectives.reads_final_layer_sparsely(self.config)
+        sparse = self.objectives.reads_final_layer_sparsely(self.speed)
         for i, objective in enumerate(objectives):
             ctx = Context(self, self.config, encoder, batch, deterministic, self.objectives.options[objective.name],
                           objective, shared)

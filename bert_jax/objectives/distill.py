@@ -33,6 +33,7 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.heads import MLMHead
 from bert_jax.model.layers import dense
+from bert_jax.model.params import is_scanned, to_unscanned
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 from bert_jax.objectives.mlm import ALL_MODES
 
@@ -88,13 +89,13 @@ def _restore(path: str, with_params: bool) -> tuple[ModelConfig, dict | None]:
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), meta)
         args["state"] = ckpt.ocp.args.StandardRestore(target)
     restored = manager.restore(step, args=ckpt.ocp.args.Composite(**args))
-    model = dict(restored["config"]["model"])
-    model.pop("preset", None)  # every field is stored; the preset would only repeat them
-    config = ModelConfig.from_dict({**model, "causal": False})
+    config = ModelConfig.from_dict({**restored["config"]["model"], "causal": False})
     params = None
     if with_params:
         params = restored["state"]["params"]
         params = {k: jax.tree.map(np.asarray, params[k]) for k in ("encoder", "mlm_head") if k in params}
+        if is_scanned(params):  # the teacher runs the per-layer stack (SpeedConfig's default)
+            params = to_unscanned(params)
     return config, params
 
 
