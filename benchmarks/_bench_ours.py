@@ -11,10 +11,23 @@ import numpy as np
 from _bench_common import OPTIMIZER, SHAPES, Runner, Shape, make_inputs
 
 def model_config(shape: Shape, overrides: dict):
+    """The shape's ModelConfig with a variant's ModelConfig overrides (its SpeedConfig ones go to speed_config)."""
     from bert_jax.model.config import ModelConfig
+    overrides = {k: v for k, v in overrides.items() if k not in _speed_fields()}
     return ModelConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, num_layers=shape.layers,
                        num_heads=shape.heads, intermediate_size=shape.ffn,
                        max_position_embeddings=max(512, shape.seq), **overrides)
+
+
+def speed_config(overrides: dict):
+    """The SpeedConfig of a variant's overrides (scan_layers, remat_policy, ...)."""
+    from bert_jax.model.config import SpeedConfig
+    return SpeedConfig(**{k: v for k, v in overrides.items() if k in _speed_fields()})
+
+
+def _speed_fields() -> set[str]:
+    from bert_jax.model.config import SpeedConfig
+    return {f.name for f in dataclasses.fields(SpeedConfig)}
 
 
 def memory_dict(compiled) -> dict | None:
@@ -41,11 +54,11 @@ def compile_bert_jax(shape: Shape, overrides: dict, seed: int, batch_np: dict, m
     from bert_jax.train.step import make_train_step
 
     overrides = dict(overrides)
-    # Not a ModelConfig field: the train step's guard (pretrain.py sets it only for train.on_nonfinite=skip).
+    # Neither a ModelConfig nor a SpeedConfig field: the train step's guard (pretrain.py sets it only for train.on_nonfinite=skip).
     skip_nonfinite = bool(overrides.pop("skip_nonfinite", False))
     cfg = model_config(shape, overrides)
     objectives = ObjectiveSet.parse("mlm+nsp")
-    model = PretrainModel(cfg, objectives)
+    model = PretrainModel(cfg, objectives, speed_config(overrides))
     optimizer, schedule = make_optimizer(OptimizerConfig(
         name="adamw", learning_rate=OPTIMIZER["lr"], weight_decay=OPTIMIZER["weight_decay"], eps=OPTIMIZER["eps"],
         warmup_steps=0, schedule="constant", grad_clip_norm=0.0))

@@ -270,7 +270,7 @@ def parse_args(argv):
     p.add_argument("--peers", default="torch,flax", help="comma-separated from torch,flax; '' for none")
     p.add_argument("--peer-venv", default=DEFAULT_PEER_VENV, help="virtualenv for the Flax peer (made if missing)")
     p.add_argument("--variant", dest="variants", action="append", default=[],
-                   help="extra bert_jax row with ModelConfig overrides, e.g. scan_layers=True,remat_policy=dots")
+                   help="extra bert_jax row with ModelConfig or SpeedConfig overrides, e.g. scan_layers=True,remat_policy=dots")
     p.add_argument("--peer-xla-flags", default="",
                    help="XLA_FLAGS for the peers (default none; e.g. the flags bert_jax adds, for a like-for-like run)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
@@ -309,7 +309,7 @@ def _parse_overrides(text: str) -> dict:
     for item in text.split(","):
         key, eq, value = item.partition("=")
         if not eq:
-            raise BenchmarkError(f"--variant {text!r}: write KEY=VALUE[,KEY=VALUE] (ModelConfig fields)")
+            raise BenchmarkError(f"--variant {text!r}: write KEY=VALUE[,KEY=VALUE] (ModelConfig or SpeedConfig fields)")
         try:
             out[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):

@@ -1,16 +1,32 @@
-"""Load `configs/<file>.py[:arg]` and apply `--config.a.b=value` overrides.
+"""`--config configs/<file>.py[:arg] --config.a.b=value`, read by `ml_collections.config_flags`.
 
-A config file defines `get_config(arg: str | None) -> ml_collections.ConfigDict`. Overrides are
-typed by the existing value (an unknown key is an error naming the key and its nearest parent).
+config_flags loads the file (its `get_config(arg)`) and applies the overrides, each parsed by the type of the value
+it replaces. What it lacks, added here: errors of one line naming the input as typed (it reports an unknown key
+by its last part in a two-line KeyError, and a failing `get_config` as a traceback inside the flag error), the
+words yes/no for booleans, and a hint where a key of older configs went.
 """
 from __future__ import annotations
 
-import ast
-import importlib.util
+import dataclasses
 import os
-from typing import Any, Iterable
+from typing import Iterable
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from bert_jax.model.config import SpeedConfig
+
+FLAG = "config"
+BOOL_WORDS = {"yes": "true", "no": "false"}  # absl's own bool words are true/false, t/f and 1/0
+# Keys older configs had, and what replaced them (their config.json files still load; see ModelConfig.from_dict).
+MOVED_KEYS = {
+    "model.preset": "sizes come from the variant (configs/pretrain.py:large) or model.num_layers, hidden_size, "
+                    "num_heads and intermediate_size",
+    "optimizer.total_steps": "the schedule's length is train.steps",
+    "model.dropout_bits": "16-bit draws were superseded by speed.dropout_rng=fused",
+    **{f"model.{f.name}": f"it is speed.{f.name} now" for f in dataclasses.fields(SpeedConfig)},
+}
 
 
 class ConfigError(ValueError):
@@ -18,22 +34,24 @@ class ConfigError(ValueError):
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    path, _, arg = spec.partition(":")
+    """The ConfigDict of `path[:arg]` (`get_config(arg)`; no arg: `get_config()`)."""
+    path = spec.partition(":")[0]
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist; pass --config configs/<file>.py[:variant]")
-    module_name = "bert_jax_config_" + os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} defines no get_config(arg); add one returning a ConfigDict")
-    config = module.get_config(arg or None)
+    # The flag's name names the module config_flags loads the file as: one per file, or configs/albert.py's
+    # loading of configs/pretrain.py would run it inside albert's module.
+    name = "bert_jax_" + "".join(ch if ch.isalnum() else "_" for ch in os.path.splitext(os.path.basename(path))[0])
+    argv = ["bert-jax", f"--{name}={spec}"]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(name, flag_values=flag_values, sys_argv=argv, lock_config=False)
+    try:
+        flag_values(argv)
+    except flags.Error as e:
+        raise ConfigError(f"--config {spec}: {_cause(e)}") from None
+    config = flag_values[name].value
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict, got {type(config).__name__}")
     return config
-
-
-BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 
 def sibling_config(config_file: str, name: str, variant: str | None) -> ml_collections.ConfigDict:
@@ -43,86 +61,93 @@ def sibling_config(config_file: str, name: str, variant: str | None) -> ml_colle
     return load_config_file(f"{path}:{variant or ''}")
 
 
-def _parse_value(text: str, current: Any) -> Any:
-    if isinstance(current, bool):
-        if text.strip().lower() not in BOOL_WORDS:
-            raise ConfigError(f"cannot parse {text!r} as bool; use true or false")
-        return BOOL_WORDS[text.strip().lower()]
-    if isinstance(current, str) or current is None and not _looks_literal(text):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if isinstance(current, (bool, int, float, tuple, list)):
-            raise ConfigError(f"cannot parse {text!r} as {type(current).__name__}")
-        return text
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise ConfigError(f"expected True/False, got {text!r}")
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    if isinstance(current, tuple) and not isinstance(value, tuple):
-        value = (value,)
-    return value
+def objective_options(spec: str) -> ml_collections.ConfigDict:
+    """The options of the objectives in `spec` ('electra', 'mlm+0.5*sop') at their defaults, `Objective.options`,
+    which is where they are written: a config sets only what it changes, and every option can be overridden as
+    --config.objective_options.NAME.KEY."""
+    from bert_jax.objectives.base import get_objective  # the objectives import jax; plain configs need not
 
-
-def _looks_literal(text: str) -> bool:
-    try:
-        ast.literal_eval(text)
-        return True
-    except (ValueError, SyntaxError):
-        return False
-
-
-def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
-    parts = key.split(".")
-    node = config
-    for i, part in enumerate(parts[:-1]):
-        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-            where = ".".join(parts[: i + 1])
-            raise ConfigError(f"unknown config key {where!r} (in --config.{key}); see the saved config.json for valid keys")
-        node = node[part]
-    leaf = parts[-1]
-    if leaf not in node:
-        parent = ".".join(parts[:-1]) or "<root>"
-        choices = ", ".join(sorted(node.keys()))
-        raise ConfigError(f"unknown config key {key!r}; keys under {parent}: {choices}")
-    current = node[leaf]
-    try:
-        value = _parse_value(text, current)
-        with node.ignore_type():
-            node[leaf] = value
-    except ConfigError as e:
-        raise ConfigError(f"--config.{key}={text}: {e}") from None
+    objectives = [get_objective(term.rpartition("*")[2]) for term in spec.replace(" ", "").split("+")]
+    return ml_collections.ConfigDict({o.name: dict(o.options) for o in objectives if o.options})
 
 
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """`overrides` are strings 'a.b=value' (the `--config.` prefix already stripped or not)."""
+    """`spec` is path[:arg]; `overrides` are '--config.a.b=value' or 'a.b=value' (or, as typed on a command
+    line, '--config.a.b' followed by the value)."""
     config = load_config_file(spec)
-    for item in overrides:
-        item = item[len("--config."):] if item.startswith("--config.") else item
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} needs the form --config.a.b=value")
-        apply_override(config, key, text)
+    argv = ["bert-jax", *_as_flags(config, list(overrides))]
+    flag_values = flags.FlagValues()
+    try:
+        config_flags.DEFINE_config_dict(FLAG, config, flag_values=flag_values, sys_argv=argv, lock_config=False)
+        rest = flag_values(argv, known_only=True)
+    except flags.Error as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    if rest[1:]:
+        raise ConfigError(f"unexpected argument(s) {rest[1:]}; config overrides look like --config.a.b=value")
     return config
 
 
-def split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Separate `--config.x=y` (or `--config.x y`) overrides from the other arguments."""
-    rest, overrides = [], []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--config."):
-            if "=" not in arg:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"{arg} needs a value")
-                arg = f"{arg}={argv[i + 1]}"
-                i += 1
-            overrides.append(arg[len("--config."):])
-        else:
-            rest.append(arg)
+def _as_flags(config: ml_collections.ConfigDict, items: list[str]) -> list[str]:
+    """Each override as '--config.KEY=VALUE' with KEY checked against `config` (so an unknown key is named as
+    typed), and a bool's yes/no as absl's true/false."""
+    prefix = f"--{FLAG}."
+    out, i = [], 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("-") and "=" in item:
+            item = prefix + item
+        elif item.startswith(f"--no{FLAG}.") and "=" not in item:  # absl's --noKEY for a false bool
+            item = f"{prefix}{item[len(f'--no{FLAG}.'):]}=false"
+        if not item.startswith(prefix):
+            out.append(item)  # not an override: absl leaves it over and load_config reports it
+            i += 1
+            continue
+        key, given, text = item[len(prefix):].partition("=")
+        parent, leaf = _check_key(config, key)
+        is_bool = parent.get_type(leaf) is bool
+        if not given:
+            if i + 1 < len(items) and not items[i + 1].startswith("--"):
+                text, i = items[i + 1], i + 1
+            elif is_bool:
+                text = "true"  # absl's --KEY for a true bool
+            else:
+                raise ConfigError(f"{item} needs a value: {item}=VALUE")
+            item = f"{prefix}{key}={text}"
+        if is_bool:
+            word = BOOL_WORDS.get(text.strip().lower(), text)
+            if word.strip().lower() not in ("true", "false", "t", "f", "1", "0"):
+                raise ConfigError(f"{item}: cannot parse {text!r} as bool; use true or false")
+            item = f"{prefix}{key}={word}"
+        out.append(item)
         i += 1
-    return rest, overrides
+    return out
+
+
+def _check_key(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(the ConfigDict holding KEY's field, the field's name); an error naming KEY as typed and the valid keys beside
+    it when KEY names no field of `config`."""
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, ml_collections.ConfigDict) and part in node:
+            if i == len(parts) - 1:
+                return node, part
+            node = node[part]
+            continue
+        moved = MOVED_KEYS.get(key) or MOVED_KEYS.get(where)
+        if moved:
+            raise ConfigError(f"config key {key!r} is gone: {moved}")
+        if i == len(parts) - 1 and isinstance(node, ml_collections.ConfigDict):
+            parent = ".".join(parts[:-1]) or "<root>"
+            raise ConfigError(f"unknown config key {key!r}; keys under {parent}: {', '.join(sorted(node))}")
+        raise ConfigError(f"unknown config key {where!r} (in --{FLAG}.{key}); see the saved config.json for valid keys")
+
+
+def _cause(error: BaseException) -> str:
+    """What went wrong in the config file, as one line: config_flags wraps get_config's exception in a traceback
+    dump, and absl that in a flag error."""
+    while error.__context__ is not None and (isinstance(error, flags.Error)
+                                             or str(error).startswith("Error whilst parsing config file")):
+        error = error.__context__
+    return " ".join(str(error).split())

@@ -46,7 +46,7 @@ from etils import epath
 from bert_jax.interop import config_from_hf, load_hf_checkpoint, load_params
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.heads import ENCODER, HEAD_ALIASES, MODEL_HEADS
-from bert_jax.model.params import to_scanned, to_unscanned
+from bert_jax.model.params import is_scanned, to_scanned, to_unscanned
 
 # One step directory of a run's checkpoints: the items `bert_jax.train.checkpoint` writes, the marker written last.
 ITEM_NAMES = ("state", "data_iter", "config", "manifest")
@@ -62,7 +62,7 @@ class WeightsError(ValueError):
 class Weights:
     kind: str  # 'workdir' (a pretraining checkpoint), 'params' (a params file) or 'hf' (a transformers directory)
     path: str  # absolute: the workdir, checkpoint step directory, params file or transformers directory read
-    config: ModelConfig  # its scan_layers is the layer layout of `params`
+    config: ModelConfig  # the params' layer layout is their own (model.params.is_scanned)
     params: dict | None  # numpy, see the module docstring; None when loaded with params=False
     vocab_path: str | None  # the vocab.txt the weights were trained with, when the source records one
     fingerprint: str | None  # params_fingerprint(params); None without params
@@ -105,8 +105,8 @@ def load_weights(path: str, name: str = "path", *, step: int | None = None, scan
     if not params:
         return dataclasses.replace(weights, params=None)
     tree = weights.params if pretraining_networks else model_subtrees(weights.params)
-    config, tree = _relayout(weights.config, tree, scan_layers)
-    return dataclasses.replace(weights, config=config, params=tree, fingerprint=params_fingerprint(tree))
+    tree = _relayout(tree, scan_layers)
+    return dataclasses.replace(weights, params=tree, fingerprint=params_fingerprint(tree))
 
 
 def _locate(path: str, step: int | None, label: str) -> _Source:
@@ -168,10 +168,8 @@ def _from_checkpoint(source: _Source, label: str, with_params: bool) -> Weights:
     if step not in complete:
         raise WeightsError(f"{label}: step {step} is not a complete checkpoint in {directory}; pick one of the "
                            f"complete steps {complete}")
-    params, saved, manifest, scanned = read_checkpoint(str(storage_path(directory) / str(step)), with_params)
+    params, saved, manifest, _ = read_checkpoint(str(storage_path(directory) / str(step)), with_params)
     config = model_config_from_saved(saved)
-    if not config.share_layers:  # the stored tree, not the run config, says how its layers are laid out
-        config = config.replace(scan_layers=scanned)
     vocab = (manifest or {}).get("vocab_path")
     return Weights("workdir", source.path, config, params, vocab, None, step, saved, manifest)
 
@@ -233,11 +231,11 @@ def params_fingerprint(params: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _relayout(config: ModelConfig, params: dict, scan_layers: bool | None) -> tuple[ModelConfig, dict]:
-    if scan_layers is None or scan_layers == config.scan_layers:
-        return config, params
-    params = to_scanned(params) if scan_layers else to_unscanned(params)
-    return config.replace(scan_layers=scan_layers), jax.tree.map(np.asarray, params)
+def _relayout(params: dict, scan_layers: bool | None) -> dict:
+    """The stored tree, not any run config, says how its layers are laid out (ALBERT's shared layer has one)."""
+    if scan_layers is None or scan_layers == is_scanned(params):
+        return params
+    return jax.tree.map(np.asarray, to_scanned(params) if scan_layers else to_unscanned(params))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints, read-only

@@ -8,46 +8,63 @@ steps, phase 2 at seq 512 from phase 1's checkpoint: base_phase2 / large_phase2)
 """
 import ml_collections
 
-from bert_jax.model.config import ModelConfig, PRESETS
+from bert_jax.configlib import objective_options
+from bert_jax.model.config import PRESETS, ModelConfig, SpeedConfig
 
-# name: (model preset, global batch, seq len, steps, peak lr, warm-up, max predictions)
 VARIANTS = {
-    "tiny": ("tiny", 32, 128, 400, 1e-3, 40, 20),
-    "mini": ("mini", 32, 128, 2000, 5e-4, 200, 20),
-    "mini_text": ("L4_H192_A12", 32, 128, 8192, 2e-3, 819, 20),  # 8192 x 32 x 128 = 32M tokens
-    "base": ("base", 256, 128, 900_000, 1e-4, 10_000, 20),
-    "large": ("large", 256, 128, 900_000, 1e-4, 10_000, 20),
+    "tiny": dict(model_size="tiny", global_batch_size=32, seq_len=128, steps=400, learning_rate=1e-3,
+                 warmup_steps=40, max_predictions=20),
+    "mini": dict(model_size="mini", global_batch_size=32, seq_len=128, steps=2000, learning_rate=5e-4,
+                 warmup_steps=200, max_predictions=20),
+    # 8192 x 32 x 128 = 32M tokens
+    "mini_text": dict(model_size="L4_H192_A12", global_batch_size=32, seq_len=128, steps=8192, learning_rate=2e-3,
+                      warmup_steps=819, max_predictions=20),
+    "base": dict(model_size="base", global_batch_size=256, seq_len=128, steps=900_000, learning_rate=1e-4,
+                 warmup_steps=10_000, max_predictions=20),
+    "large": dict(model_size="large", global_batch_size=256, seq_len=128, steps=900_000, learning_rate=1e-4,
+                  warmup_steps=10_000, max_predictions=20),
     # Phase two: 10% of the paper's 1M steps at seq 512 (set train.init_from to phase one's workdir).
-    "base_phase2": ("base", 256, 512, 100_000, 1e-4, 1_000, 80),
-    "large_phase2": ("large", 256, 512, 100_000, 1e-4, 1_000, 80),
+    "base_phase2": dict(model_size="base", global_batch_size=256, seq_len=512, steps=100_000, learning_rate=1e-4,
+                        warmup_steps=1_000, max_predictions=80),
+    "large_phase2": dict(model_size="large", global_batch_size=256, seq_len=512, steps=100_000, learning_rate=1e-4,
+                         warmup_steps=1_000, max_predictions=80),
 }
 
 
-def model_config(preset: str, **overrides) -> ml_collections.ConfigDict:
-    """All ModelConfig fields (so each can be overridden from the command line), from the preset."""
-    fields = ModelConfig(**PRESETS[preset]).to_dict()
-    return ml_collections.ConfigDict({"preset": preset, **fields, **overrides})
+def model_config(size: str, **overrides) -> ml_collections.ConfigDict:
+    """Every ModelConfig field, sized by the named size in PRESETS: the model section holds the model as built, so
+    each field is overridden by itself (--config.model.num_layers=4) and no size is stated twice."""
+    c = ml_collections.ConfigDict({**ModelConfig(**PRESETS[size]).to_dict(), **overrides})
+    if c.embedding_size is None:  # None (= hidden_size) typed as int, so --config.model.embedding_size=128 parses
+        c.embedding_size = ml_collections.config_dict.placeholder(int)
+    return c
+
+
+def speed_config() -> ml_collections.ConfigDict:
+    """How the model is computed (never what it computes): bert_jax.model.config.SpeedConfig's fields."""
+    return ml_collections.ConfigDict(SpeedConfig().to_dict())
 
 
 def get_config(arg=None):
     variant = arg or "tiny"
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} of configs/pretrain.py; choose one of {sorted(VARIANTS)}")
-    preset, batch, seq_len, steps, lr, warmup, max_predictions = VARIANTS[variant]
+    v = VARIANTS[variant]
     on_cpu = variant in ("tiny", "mini", "mini_text")
     c = ml_collections.ConfigDict()
     c.objectives = "mlm+nsp"
-    c.objective_options = ml_collections.ConfigDict()  # per objective, e.g. electra.generator_fraction
+    c.objective_options = objective_options(c.objectives)  # per objective, e.g. electra.generator_fraction
     # vocab_size 0 = take it from the dataset's manifest (the built-in corpus trains its own vocab).
-    c.model = model_config(preset, vocab_size=0 if on_cpu else 30522)
+    c.model = model_config(v["model_size"], vocab_size=0 if on_cpu else 30522)
+    c.speed = speed_config()
     c.data = ml_collections.ConfigDict(dict(
         path="builtin",  # a `make-data` output dir, or "builtin" (generated, tokenised and cached in the workdir)
         eval_path="",  # "" with builtin: a held-out generated set; "" otherwise: no eval
-        seq_len=seq_len,
+        seq_len=v["seq_len"],
         mode="",  # make-data mode for builtin ("" = the objectives' first mode)
         whole_word=False,
         mask_rate=0.15, mask_ratio=0.8, random_ratio=0.1, keep_ratio=0.1,
-        max_predictions=max_predictions,
+        max_predictions=v["max_predictions"],
         packing=False,
         builtin_docs=6000 if on_cpu else 0,
         builtin_vocab_size=4096,
@@ -56,15 +73,15 @@ def get_config(arg=None):
     if variant == "mini_text":
         # Measured (experiments/README.md): pre-LN with no dropout learns as fast as post-LN here and tolerates lr 2e-3;
         # dropout only slows a model that sees each token about once.
-        c.model.update(norm="pre", dropout_rate=0.0, attention_dropout_rate=0.0, max_position_embeddings=seq_len)
+        c.model.update(norm="pre", dropout_rate=0.0, attention_dropout_rate=0.0, max_position_embeddings=v["seq_len"])
         c.data.update(path="", builtin_docs=0)
     c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-        warmup_steps=warmup, total_steps=steps, schedule="linear", power=1.0, end_learning_rate=0.0,
-        grad_clip_norm=1.0, grad_accum_steps=1))
+        name="adamw", learning_rate=v["learning_rate"], b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+        warmup_steps=v["warmup_steps"], schedule="linear", power=1.0, end_learning_rate=0.0,
+        grad_clip_norm=1.0, grad_accum_steps=1))  # the schedule's length is train.steps
     c.train = ml_collections.ConfigDict(dict(
-        global_batch_size=batch,
-        steps=steps,
+        global_batch_size=v["global_batch_size"],
+        steps=v["steps"],
         seed=0,
         strategy="mesh",  # "mesh" (jit + NamedSharding) or "pmap" (replicated params, data parallel)
         log_every=10 if on_cpu else 100,

@@ -106,7 +106,6 @@ def probe_command(settings: dict, train: str, heldout: str, tokens: int, workdir
     steps = max(1, tokens // (batch * SEQ))
     overrides = {k: v for k, v in settings.items() if k not in ("vocab", "optimizer.warmup_fraction")}
     overrides.update({"data.path": train, "data.eval_path": heldout, "model.vocab_size": 0, "train.steps": steps,
-                      "optimizer.total_steps": steps,
                       "optimizer.warmup_steps": max(1, round(steps * settings["optimizer.warmup_fraction"])),
                       "train.eval_every": steps // 4, "train.eval_batches": EVAL_EXAMPLES // batch,
                       "train.checkpoint_every": steps // 2, "train.log_every": 25, "train.progress_bar": False})

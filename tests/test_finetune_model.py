@@ -9,7 +9,7 @@ import pytest
 from bert_jax.finetune.model import (FEATURES, KINDS, VARIANTS, FineTuneModel, HeadConfig, HeadConfigError,
                                      PretrainedMismatchError, init_params, masked_optimizer, merge_pretrained,
                                      predict, task_loss, trainable_mask)
-from bert_jax.model import BertForPreTraining, Encoder, preset
+from bert_jax.model import BertForPreTraining, Encoder, SpeedConfig, preset
 from bert_jax.model.heads import Classifier, Pooler
 from bert_jax.model.params import to_scanned, unbox
 
@@ -38,8 +38,8 @@ def pad_batch(batch, extra):
     return {k: pad(v) for k, v in batch.items()}
 
 
-def model_and_params(head, cfg=CFG, seed=0):
-    model = FineTuneModel(cfg, head)
+def model_and_params(head, cfg=CFG, speed=SpeedConfig(), seed=0):
+    model = FineTuneModel(cfg, head, speed)
     return model, init_params(model, jax.random.key(seed))
 
 
@@ -137,16 +137,16 @@ def test_feature_choice_needs_enough_layers():
 
 
 def test_features_from_a_scanned_pretrained_model():
-    scanned = CFG.replace(scan_layers=True)
+    scanned = SpeedConfig(scan_layers=True)
     ids = jnp.asarray(make_batch()["input_ids"])
-    pretrained = unbox(BertForPreTraining(scanned).init(jax.random.key(1), ids))["params"]
+    pretrained = unbox(BertForPreTraining(CFG, scanned).init(jax.random.key(1), ids))["params"]
     assert "layers" in pretrained["encoder"]
-    model, fresh = model_and_params(HeadConfig("tagging", variant="features", lstm_layers=1), scanned)
+    model, fresh = model_and_params(HeadConfig("tagging", variant="features", lstm_layers=1), CFG, scanned)
     assert "layer_0" in fresh["encoder"]  # the features model always unrolls the stack
     params, _ = merge_pretrained(fresh, pretrained)
     batch = make_batch()
     _, state = model.apply({"params": params}, batch, mutable=["intermediates"])
-    want = Encoder(scanned).apply({"params": pretrained["encoder"]}, ids, batch["token_type_ids"],
+    want = Encoder(CFG, speed=scanned).apply({"params": pretrained["encoder"]}, ids, batch["token_type_ids"],
                                   batch["input_mask"]).sequence
     np.testing.assert_allclose(np.asarray(state["intermediates"]["features"][0]), np.asarray(want), atol=1e-5)
 

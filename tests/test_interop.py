@@ -16,7 +16,8 @@ from bert_jax.interop import (ConversionError, config_from_hf, convert_hf_state_
                               hf_config_from_model, hf_state_dict, load_hf_checkpoint, load_params,
                               read_hf_checkpoint, save_hf_checkpoint, save_params)
 from bert_jax.interop.convert_cli import expected_param_shapes, host_params  # noqa: E402
-from bert_jax.model import BertForPreTraining, ModelConfig, preset  # noqa: E402
+from bert_jax.model import BertForPreTraining, ModelConfig, SpeedConfig, preset  # noqa: E402
+from bert_jax.model.params import is_scanned  # noqa: E402
 
 SHAPES = {
     "L3_H96_A3": dict(vocab_size=1000, hidden_size=96, num_hidden_layers=3, num_attention_heads=3,
@@ -58,7 +59,8 @@ def _torch_outputs(model, batch):
 def _ours(config: ModelConfig, params, batch):
     @jax.jit
     def apply(p, ids, types, mask):
-        out = BertForPreTraining(config).apply({"params": p}, ids, types, mask)  # masked_positions=None: all
+        speed = SpeedConfig(scan_layers=is_scanned(p))
+        out = BertForPreTraining(config, speed).apply({"params": p}, ids, types, mask)  # masked_positions=None: all
         return out.mlm_logits, out.sentence_logits, out.sequence
 
     outputs = apply(params, *(jnp.asarray(batch[k]) for k in ("input_ids", "token_type_ids", "attention_mask")))
@@ -97,7 +99,7 @@ def test_logits_match_transformers(hf_case, fmt, scan):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a complete checkpoint converts without any head being initialised
         config, params = load_hf_checkpoint(str(hf_case["dirs"][fmt]), heads="require", scan_layers=scan)
-    assert config.scan_layers == scan and config.intermediate_size == hf_case["shape"]["intermediate_size"]
+    assert is_scanned(params) == scan and config.intermediate_size == hf_case["shape"]["intermediate_size"]
     mlm, nsp, _ = _ours(config, params, _batch(hf_case["shape"]))
     assert mlm.shape == hf_case["mlm"].shape  # every position, padding included
     np.testing.assert_allclose(mlm, hf_case["mlm"], rtol=0, atol=ATOL)
@@ -113,9 +115,10 @@ def test_hf_to_bert_jax_to_hf_state_is_identical(hf_case):
         np.testing.assert_array_equal(exported[key], value, err_msg=key)
 
 
-def _our_random_params(config: ModelConfig, seed: int = 0):
+def _our_random_params(config: ModelConfig, seed: int = 0, scan: bool = False):
     """Our init with every leaf perturbed (biases and LayerNorm would otherwise be exactly 0 and 1)."""
-    variables = BertForPreTraining(config).init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))
+    model = BertForPreTraining(config, SpeedConfig(scan_layers=scan))
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))
     leaves, tree = jax.tree_util.tree_flatten(host_params(variables))
     rng = np.random.RandomState(seed)
     return jax.tree_util.tree_unflatten(tree, [x + rng.normal(0, 0.1, x.shape).astype(np.float32) for x in leaves])
@@ -124,8 +127,8 @@ def _our_random_params(config: ModelConfig, seed: int = 0):
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
 def test_export_loads_in_transformers_with_same_logits(tmp_path, scan):
     shape = SHAPES["L2_H64_A4_I100"]
-    config = config_from_hf(shape, scan_layers=scan)
-    params = _our_random_params(config)
+    config = config_from_hf(shape)
+    params = _our_random_params(config, scan=scan)
     save_hf_checkpoint(str(tmp_path), config, params)
     model, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path), output_loading_info=True)
     assert all(not v for v in info.values()), info  # no missing/unexpected/mismatched keys, no errors
@@ -248,7 +251,7 @@ def test_cli_round_trip(tmp_path, capsys):
     assert cli.main(["convert", "--from-hf", str(tmp_path / "hf"), "--to", params_path]) == 0
     config, params = load_params(params_path)
     want_config, want = load_hf_checkpoint(str(tmp_path / "hf"))
-    assert config == want_config and not config.scan_layers
+    assert config == want_config and not is_scanned(params)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want)))
     scanned_config, scanned = load_params(params_path, scan_layers=True)
     assert scanned["encoder"]["layers"]["layer"]["mlp"]["wi"]["kernel"].shape == (2, 32, 48)

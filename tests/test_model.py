@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.model import BertForPreTraining, Encoder, preset
+from bert_jax.model import BertForPreTraining, Encoder, SpeedConfig, preset
 from bert_jax.model.params import count_params, to_scanned, to_unscanned, unbox
 
 CFG = preset("tiny", vocab_size=211, max_position_embeddings=64, hidden_size=64, num_heads=4,
@@ -23,8 +23,8 @@ def init(cfg, ids):
     return unbox(Encoder(cfg).init(jax.random.key(0), ids))
 
 
-def encode(cfg, params, *args, **kwargs):
-    return Encoder(cfg).apply(params, *args, **kwargs).sequence
+def encode(cfg, params, *args, speed=SpeedConfig(), **kwargs):
+    return Encoder(cfg, speed=speed).apply(params, *args, **kwargs).sequence
 
 
 def test_padding_invariance():
@@ -139,13 +139,13 @@ def test_albert_factorised_embeddings_and_shared_layers():
     np.testing.assert_allclose(np.asarray(encode(shared, ps, ids, types, mask)),
                                np.asarray(encode(unshared, {"params": copies}, ids, types, mask)), atol=1e-5)
     # scanning the shared layer gives the same outputs
-    np.testing.assert_allclose(np.asarray(encode(shared.replace(scan_layers=True), ps, ids, types, mask)),
+    np.testing.assert_allclose(np.asarray(encode(shared, ps, ids, types, mask, speed=SpeedConfig(scan_layers=True))),
                                np.asarray(encode(shared, ps, ids, types, mask)), atol=1e-5)
 
 
-def _loss_and_grads(cfg, params, batch, dropout_key=None):
+def _loss_and_grads(cfg, params, batch, dropout_key=None, speed=SpeedConfig()):
     ids, types, mask = batch
-    model = BertForPreTraining(cfg)
+    model = BertForPreTraining(cfg, speed)
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
 
     def loss(p):
@@ -162,18 +162,18 @@ def test_scan_and_remat_equal_the_plain_stack(variant):
     cfg = CFG.replace(num_layers=3)
     batch = random_batch()
     params = unbox(BertForPreTraining(cfg).init(jax.random.key(0), batch[0]))
-    other = cfg.replace(**variant)
+    other = SpeedConfig(**variant)
     other_params = to_scanned(params) if other.scan_layers else params
     ref_loss, ref_grads = _loss_and_grads(cfg, params, batch)
-    loss, grads = _loss_and_grads(other, other_params, batch)
+    loss, grads = _loss_and_grads(cfg, other_params, batch, speed=other)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     if other.scan_layers:
         grads = to_unscanned(grads)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), grads, ref_grads)
     # dropout draws differ in layout between scan and loop, but with it on both must still train the same params
     key = jax.random.key(3)
-    l1, _ = _loss_and_grads(other, other_params, batch, key)
-    l2, _ = _loss_and_grads(other, other_params, batch, key)
+    l1, _ = _loss_and_grads(cfg, other_params, batch, key, other)
+    l2, _ = _loss_and_grads(cfg, other_params, batch, key, other)
     assert l1 == l2 and l1 != loss
 
 
@@ -182,13 +182,13 @@ def test_save_qkv_out_keeps_the_projection_and_full_keeps_nothing():
     backward of a scanned, rematerialised stack (save_qkv_out: the tagged [B, L, 3, heads, hd] per layer)."""
     from jax._src.ad_checkpoint import saved_residuals  # what jax.ad_checkpoint.print_saved_residuals prints
 
-    cfg = CFG.replace(num_layers=3, scan_layers=True)
+    cfg = CFG.replace(num_layers=3)
     batch = random_batch()
     params = to_scanned(unbox(BertForPreTraining(cfg).init(jax.random.key(0), batch[0])))
     ids, types, mask = batch
 
     def shapes(policy):
-        model = BertForPreTraining(cfg.replace(remat_policy=policy))
+        model = BertForPreTraining(cfg, SpeedConfig(scan_layers=True, remat_policy=policy))
 
         def loss(p):
             out = model.apply(p, ids, types, mask, deterministic=True)
@@ -205,7 +205,7 @@ def test_scan_conversion_round_trip():
     cfg = CFG.replace(num_layers=3)
     params = unbox(BertForPreTraining(cfg).init(jax.random.key(0), random_batch()[0]))
     scanned = to_scanned(params)
-    abstract = unbox(jax.eval_shape(BertForPreTraining(cfg.replace(scan_layers=True)).init, jax.random.key(0),
+    abstract = unbox(jax.eval_shape(BertForPreTraining(cfg, SpeedConfig(scan_layers=True)).init, jax.random.key(0),
                                      random_batch()[0]))
     assert jax.tree.structure(scanned) == jax.tree.structure(abstract)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), to_unscanned(scanned), params)
@@ -262,48 +262,22 @@ def test_invalid_config_names_the_field():
         preset("tiny", position_embedding="alibi")
 
 
-def test_16bit_dropout_statistics_and_deterministic_equivalence():
-    from bert_jax.model.dropout import Dropout as Dropout16bits
-
-    def Dropout16(rate):
-        return Dropout16bits(rate, "jax", 16)
-
-    x = jnp.ones((400, 1000))
-    y = Dropout16(0.1).apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(0)})
-    dropped = float((y == 0).mean())
-    assert abs(dropped - 0.1) < 0.002, dropped  # 400k draws: sd of the fraction ~0.0005
-    assert abs(float(y.mean()) - 1.0) < 0.003  # the kept values are scaled by 1 / (1 - rounded rate)
-    z = Dropout16(0.1).apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(1)})
-    assert not np.array_equal(np.asarray(y == 0), np.asarray(z == 0))
-    cfg = preset("tiny", vocab_size=100)
-    ids = jnp.asarray(np.random.default_rng(0).integers(5, 100, (2, 16)), jnp.int32)
-    params = BertForPreTraining(cfg).init(jax.random.PRNGKey(0), ids)
-    a = BertForPreTraining(cfg).apply(params, ids, deterministic=True)
-    bits16 = BertForPreTraining(cfg.replace(dropout_rng="jax", dropout_bits=16))
-    b = bits16.apply(params, ids, deterministic=True)
-    np.testing.assert_array_equal(np.asarray(a.mlm_logits), np.asarray(b.mlm_logits))  # same params, same tree
-    train = bits16.apply(params, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
-    assert not np.allclose(np.asarray(train.mlm_logits), np.asarray(a.mlm_logits))
-
-
-@pytest.mark.parametrize("rng,bits", [("jax", 32), ("jax", 16), ("fused", 32)])
-def test_attention_dropout_per_element_or_shared_across_examples_and_heads(rng, bits):
+@pytest.mark.parametrize("rng", ["jax", "fused"])
+def test_attention_dropout_per_element_or_shared_across_examples_and_heads(rng):
     import flax.linen as nn
-    from bert_jax.model.config import ModelConfig
     from bert_jax.model.dropout import attention_dropout
 
     class Drop(nn.Module):
-        cfg: ModelConfig
+        broadcast: bool
 
         @nn.compact
         def __call__(self, probs):
-            return attention_dropout(self, probs, 0.1, self.cfg)
+            return attention_dropout(self, probs, 0.1, self.broadcast, rng)
 
     probs = jnp.ones((3, 4, 64, 64))
     rngs = {"dropout": jax.random.PRNGKey(0)}
-    cfg = preset("tiny", vocab_size=100).replace(dropout_bits=bits, dropout_rng=rng)
     for broadcast in (False, True):
-        out = np.asarray(Drop(cfg.replace(attention_dropout_broadcast=broadcast)).apply({}, probs, rngs=rngs))
+        out = np.asarray(Drop(broadcast).apply({}, probs, rngs=rngs))
         dropped = out == 0
         assert abs(dropped.mean() - 0.1) < 0.02, dropped.mean()
         np.testing.assert_allclose(out[~dropped], 1.0 / 0.9, rtol=1e-4)
@@ -362,7 +336,7 @@ def test_fused_dropout_rate_keys_and_sharding_invariance():
 
     x = jnp.ones((8, 4, 64, 96))
     key = jax.random.PRNGKey(0)
-    y = np.asarray(jax.jit(lambda x, k: apply_dropout(x, k, 0.1, None, "fused", 32))(x, key))
+    y = np.asarray(jax.jit(lambda x, k: apply_dropout(x, k, 0.1, None, "fused"))(x, key))
     dropped = y == 0
     assert abs(dropped.mean() - 0.1) < 0.003, dropped.mean()  # 196k draws: sd of the fraction ~0.0007
     np.testing.assert_allclose(y[~dropped], 1 / 0.9, rtol=1e-6)
@@ -383,16 +357,15 @@ def test_dropout_rng_changes_masks_not_the_deterministic_model():
     cfg = preset("tiny", vocab_size=100)
     ids = jnp.asarray(np.random.default_rng(0).integers(5, 100, (2, 16)), jnp.int32)
     params = BertForPreTraining(cfg).init(jax.random.PRNGKey(0), ids)
-    fused = BertForPreTraining(cfg.replace(dropout_rng="fused"))
-    plain = BertForPreTraining(cfg.replace(dropout_rng="jax"))
+    fused = BertForPreTraining(cfg, SpeedConfig(dropout_rng="fused"))
+    plain = BertForPreTraining(cfg, SpeedConfig(dropout_rng="jax"))
     np.testing.assert_array_equal(np.asarray(fused.apply(params, ids, deterministic=True).mlm_logits),
                                   np.asarray(plain.apply(params, ids, deterministic=True).mlm_logits))
-    with pytest.raises(ValueError, match="dropout_bits"):
-        cfg.replace(dropout_bits=16)  # 16-bit draws are a jax.random option
+    with pytest.raises(ValueError, match="speed.dropout_rng"):
+        SpeedConfig(dropout_rng="numpy")
     rngs = {"dropout": jax.random.PRNGKey(2)}
     a = fused.apply(params, ids, deterministic=False, rngs=rngs).mlm_logits
-    b = BertForPreTraining(cfg.replace(dropout_rng="jax")).apply(params, ids, deterministic=False,
-                                                               rngs=rngs).mlm_logits
+    b = plain.apply(params, ids, deterministic=False, rngs=rngs).mlm_logits
     assert not np.allclose(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(np.asarray(a), np.asarray(fused.apply(params, ids, deterministic=False,
                                                                           rngs=rngs).mlm_logits))

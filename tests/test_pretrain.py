@@ -226,3 +226,30 @@ def test_nonfinite_skip_mode_skips_and_counts(data, tmp_path):
     skipped = [s for s, m in metrics.items() if m.get("nonfinite")]
     assert skipped and metrics[max(metrics)]["skipped_steps"] == len(skipped)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(_restored_params(workdir, 6)))
+
+
+def test_speed_settings_stay_out_of_the_saved_model(data, tmp_path):
+    """A run with every speed setting changed saves the same model section as a run without (its config.json and
+    an export of it), records the speed section beside it, and its checkpoint reads back as the per-layer model."""
+    import json
+
+    from bert_jax.finetune.init import load_init
+    from bert_jax.interop import load_params
+    from bert_jax.model.config import ModelConfig
+    from bert_jax.train import export
+
+    workdir = str(tmp_path / "fast")
+    speed = dict(speed__scan_layers=True, speed__remat_policy="full", speed__dropout_rng="jax",
+                 speed__sparse_final_layer=False)
+    pretrain.run(h.load_config(h.overrides(data, train__steps=2, train__async_checkpoints=False, **speed)), workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = json.load(f)
+    plain = h.load_config(h.overrides(data)).model.to_dict()
+    assert saved["model"] == {**plain, "vocab_size": saved["model"]["vocab_size"]}
+    assert saved["speed"] == {"scan_layers": True, "remat_policy": "full", "dropout_rng": "jax",
+                              "sparse_final_layer": False, "attention_impl": "xla"}
+    model = ModelConfig.from_dict(saved["model"])
+    assert export.main(["--workdir", workdir, "--out", str(tmp_path / "params.msgpack")]) == 0
+    assert load_params(str(tmp_path / "params.msgpack"))[0] == model
+    init = load_init(workdir)
+    assert init.config == model and "layer_0" in init.params["encoder"]

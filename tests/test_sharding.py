@@ -7,15 +7,15 @@ import pytest
 from flax.traverse_util import flatten_dict
 from jax.sharding import PartitionSpec as P
 
-from bert_jax.model import BertForPreTraining, preset
+from bert_jax.model import BertForPreTraining, SpeedConfig, preset
 from bert_jax.parallel.sharding import LOGICAL_RULES, batch_sharding, make_mesh, mesh_shardings
 
 CFG = preset("tiny", vocab_size=256, hidden_size=64, num_heads=4, intermediate_size=128, max_position_embeddings=32)
 
 
-def abstract_init(cfg):
+def abstract_init(cfg, speed=SpeedConfig()):
     ids = jnp.zeros((8, 16), jnp.int32)
-    return jax.eval_shape(BertForPreTraining(cfg).init, jax.random.key(0), ids)
+    return jax.eval_shape(BertForPreTraining(cfg, speed).init, jax.random.key(0), ids)
 
 
 def test_every_param_has_logical_names_the_rules_know():
@@ -38,7 +38,7 @@ def test_every_param_has_logical_names_the_rules_know():
 
 
 def test_scanned_layers_carry_a_layers_axis():
-    flat = flatten_dict(nn.get_partition_spec(abstract_init(CFG.replace(scan_layers=True)))["params"])
+    flat = flatten_dict(nn.get_partition_spec(abstract_init(CFG, SpeedConfig(scan_layers=True)))["params"])
     assert flat[("encoder", "layers", "layer", "attention", "qkv", "kernel")] == P(
         "layers", "embed", "qkv", "heads", "kv")
 

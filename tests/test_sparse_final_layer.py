@@ -1,4 +1,4 @@
-"""The sparse final layer (`model.sparse_final_layer`): when every objective reads the last layer at a few
+"""The sparse final layer (`speed.sparse_final_layer`): when every objective reads the last layer at a few
 positions, that layer runs there alone. It must be the same function as the whole layer followed by a gather."""
 import dataclasses
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.model import ModelConfig
+from bert_jax.model import ModelConfig, SpeedConfig
 from bert_jax.model.params import to_scanned, unbox
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.pretraining import PretrainModel, final_layer_positions
@@ -18,6 +18,7 @@ from bert_jax.train.flops import forward_flops_per_sequence
 B, L, P = 4, 24, 5
 CFG = ModelConfig(vocab_size=90, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                   max_position_embeddings=32)
+SPARSE, WHOLE = SpeedConfig(), SpeedConfig(sparse_final_layer=False)
 
 
 def make_batch(seed=0):
@@ -36,8 +37,8 @@ def make_batch(seed=0):
             "sentence_label": rng.integers(0, 2, (B,)).astype(np.int32)}
 
 
-def loss_and_grads(cfg, params, batch, spec="mlm+nsp", deterministic=True, rng=None):
-    model = PretrainModel(cfg, ObjectiveSet.parse(spec))
+def loss_and_grads(cfg, params, batch, spec="mlm+nsp", deterministic=True, rng=None, speed=SPARSE):
+    model = PretrainModel(cfg, ObjectiveSet.parse(spec), speed)
 
     def loss(p):
         sums = model.apply(p, batch, deterministic=deterministic, rngs=None if rng is None else {"dropout": rng})
@@ -59,10 +60,11 @@ def assert_same(a, b, rtol=2e-5, atol=2e-6):
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "bert")
 def test_sparse_final_layer_equals_the_whole_layer_then_a_gather(overrides):
     batch = make_batch()
-    cfg = CFG.replace(**overrides)
+    remat = {k: v for k, v in overrides.items() if k == "remat_policy"}  # a SpeedConfig field
+    cfg = CFG.replace(**{k: v for k, v in overrides.items() if k not in remat})
     params = PretrainModel(cfg, ObjectiveSet.parse("mlm+nsp")).init(jax.random.key(0), batch)
-    whole = loss_and_grads(cfg.replace(sparse_final_layer=False), params, batch)
-    sparse = loss_and_grads(cfg, params, batch)
+    whole = loss_and_grads(cfg, params, batch, speed=WHOLE.replace(**remat))
+    sparse = loss_and_grads(cfg, params, batch, speed=SPARSE.replace(**remat))
     assert_same(whole[1], sparse[1])
     assert_same(whole[2], sparse[2])
     assert float(whole[0]) > 0
@@ -75,11 +77,11 @@ def test_sparse_path_really_runs_the_last_layer_at_the_read_positions_only():
     cfg = CFG.replace(num_layers=1, hidden_size=64, intermediate_size=256)
     params = PretrainModel(cfg, ObjectiveSet.parse("mlm+nsp")).init(jax.random.key(0), batch)
 
-    def flops(c):
-        fn = jax.jit(lambda p: loss_and_grads(c, p, batch)[0])
+    def flops(speed):
+        fn = jax.jit(lambda p: loss_and_grads(cfg, p, batch, speed=speed)[0])
         return fn.lower(params).compile().cost_analysis()["flops"]
 
-    whole, sparse = flops(cfg.replace(sparse_final_layer=False)), flops(cfg)
+    whole, sparse = flops(WHOLE), flops(SPARSE)
     predicted = forward_flops_per_sequence(cfg, L, P, P + 1) / forward_flops_per_sequence(cfg, L, P)
     assert predicted < 0.5
     assert abs(sparse / whole - predicted) < 0.05, (sparse / whole, predicted)
@@ -89,7 +91,8 @@ def test_scanned_stack_gives_the_same_result():
     batch = make_batch(1)
     params = PretrainModel(CFG, ObjectiveSet.parse("mlm+nsp")).init(jax.random.key(1), batch)
     unscanned = loss_and_grads(CFG, params, batch)
-    scanned = loss_and_grads(CFG.replace(scan_layers=True), {"params": to_scanned(params["params"])}, batch)
+    scanned = loss_and_grads(CFG, {"params": to_scanned(params["params"])}, batch,
+                             speed=SpeedConfig(scan_layers=True))
     assert_same(unscanned[1], scanned[1])
     assert_same(to_scanned(unscanned[2]["params"]), unbox(scanned[2]["params"]))
 
@@ -101,7 +104,7 @@ def test_dropout_draws_elsewhere_are_untouched():
     cfg = CFG.replace(num_layers=2, dropout_rate=0.1, attention_dropout_rate=0.1)
     params = PretrainModel(cfg, ObjectiveSet.parse("mlm+nsp")).init(jax.random.key(2), batch)
     key = jax.random.key(3)
-    whole = loss_and_grads(cfg.replace(sparse_final_layer=False), params, batch, deterministic=False, rng=key)
+    whole = loss_and_grads(cfg, params, batch, deterministic=False, rng=key, speed=WHOLE)
     sparse = loss_and_grads(cfg, params, batch, deterministic=False, rng=key)
     again = loss_and_grads(cfg, params, batch, deterministic=False, rng=key)
     assert_same(sparse, again, rtol=0, atol=0)  # deterministic given the key
@@ -151,12 +154,12 @@ def test_each_objective_gets_the_hidden_states_it_reads_from_one_encoder_pass():
 
 def test_final_layer_positions_and_the_flops_count():
     batch = make_batch()
-    positions = lambda spec, cfg: final_layer_positions(ObjectiveSet.parse(spec).objectives, batch, cfg)  # noqa: E731
-    assert positions("mlm+nsp", CFG) == P + 1
-    assert positions("mlm", CFG) == P
-    assert positions("mlm+nsp", CFG.replace(scan_layers=True)) is None
-    assert positions("mlm+nsp", CFG.replace(sparse_final_layer=False)) is None
-    assert positions("ltr", CFG) is None
+    positions = lambda spec, speed: final_layer_positions(ObjectiveSet.parse(spec).objectives, batch, speed)  # noqa: E731
+    assert positions("mlm+nsp", SPARSE) == P + 1
+    assert positions("mlm", SPARSE) == P
+    assert positions("mlm+nsp", SpeedConfig(scan_layers=True)) is None
+    assert positions("mlm+nsp", WHOLE) is None
+    assert positions("ltr", SPARSE) is None
     cfg = ModelConfig(vocab_size=100, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=32)
     h, f, seq, preds = 8, 32, 10, 3
     per_query = 2 * (2 * h * h + 2 * h * f) + 4 * seq * h

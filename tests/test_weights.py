@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from bert_jax.interop import save_params  # noqa: E402
-from bert_jax.model.params import to_scanned  # noqa: E402
+from bert_jax.model.params import is_scanned, to_scanned  # noqa: E402
 from bert_jax.train import checkpoint as ckpt  # noqa: E402
 from bert_jax.weights import WeightsError, load_weights, params_fingerprint  # noqa: E402
 
@@ -117,11 +117,11 @@ def test_the_stored_tree_decides_the_layer_layout_and_scan_layers_relays_it(sour
     reference = sources["reference"]
     # Its run config says unscanned; its params are stacked for nn.scan: the tree wins.
     stored = load_weights(sources["scanned"])
-    assert stored.config.scan_layers and "layers" in stored.params["encoder"]
+    assert is_scanned(stored.params) and "layers" in stored.params["encoder"]
     unrolled = load_weights(sources["scanned"], scan_layers=False)
-    assert not unrolled.config.scan_layers and unrolled.fingerprint == reference.fingerprint
+    assert not is_scanned(unrolled.params) and unrolled.fingerprint == reference.fingerprint
     stacked = load_weights(sources["hf"], scan_layers=True)
-    assert stacked.config.scan_layers and stacked.fingerprint == stored.fingerprint
+    assert is_scanned(stacked.params) and stacked.fingerprint == stored.fingerprint
     assert load_weights(sources["params_file"], scan_layers=True).fingerprint == stored.fingerprint
 
 

@@ -24,7 +24,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bert-jax experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grids", nargs="+", choices=GRIDS, metavar="GRID", help=f"one or more of {', '.join(GRIDS)}")
-    p.add_argument("--scale", choices=SCALES, default="mini")
+    p.add_argument("--scale", choices=SCALES, default="mini",
+                   help="mini (2 CPU cores), smoke (toy size, minutes) or paper (print the commands) (default: mini)")
     p.add_argument("--workdir", required=True, help="pretraining/fine-tuning runs, logs and results go here")
     p.add_argument("--data_root", default="", help="prepared mini data (default <workdir>/data; shared by grids)")
     p.add_argument("--shared_data", default="", help="folder laid out as ../shared/data (default: that folder)")

@@ -62,7 +62,7 @@ def _random(source: str, vocab: str | None, name: str) -> Weights:
         if not vocab_path:
             raise InitError(f"{name} random:{source} leaves the vocab size to the data; pass --vocab PATH/vocab.txt")
         values["vocab_size"] = load_tokenizer(vocab_path).vocab_size
-    config = model_config_from_saved({**saved, "model": values}).replace(scan_layers=False)
+    config = model_config_from_saved({**saved, "model": values})
     params = nn.unbox(BertForPreTraining(config).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))["params"]
     params = jax.device_get(params)
     return Weights("random", f"random:{os.path.abspath(source) if os.path.exists(source) else source}",

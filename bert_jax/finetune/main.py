@@ -43,26 +43,32 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bert-jax finetune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="one of: " + ", ".join(task_names()))
-    p.add_argument("--data_dir", required=True)
+    p.add_argument("--data_dir", required=True, help="the task's data (e.g. GLUE's SST-2 folder, SQuAD's JSON folder)")
     p.add_argument("--init", required=True,
                    help="pretraining workdir[@STEP], params file (or a directory with one and its vocab.txt), HF "
                         "checkpoint dir, or random:WORKDIR / random:configs/pretrain.py:VARIANT (fresh weights, the "
                         "random-init floor)")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True,
+                   help="per-setting results (runs/<setting>.json) and the summary metrics.json go here")
     p.add_argument("--vocab", default="", help="vocab.txt (default: the one the init records)")
-    p.add_argument("--learning_rates", type=_floats, default=[5e-5, 3e-5, 2e-5])
+    p.add_argument("--learning_rates", type=_floats, default=[5e-5, 3e-5, 2e-5],
+                   help="comma-separated peak learning rates to try (default: 5e-5,3e-5,2e-5)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per learning rate")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--warmup_fraction", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training set (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=32, help="examples per step (default: %(default)s)")
+    p.add_argument("--warmup_fraction", type=float, default=0.1,
+                   help="share of the steps spent warming the learning rate up from 0 (default: %(default)s)")
     p.add_argument("--max_seq_len", type=int, default=0, help="default: 128 (GLUE, NER), 384 (SQuAD)")
-    p.add_argument("--variant", default="standard", choices=["standard", "bilstm", "features"])
+    p.add_argument("--variant", default="standard", choices=["standard", "bilstm", "features"],
+                   help="the task model: standard (BERT's head), bilstm (a BiLSTM over the encoder) or features "
+                        "(a frozen encoder's layer features into a two-layer BiLSTM) (default: %(default)s)")
     p.add_argument("--features", default="last", help="feature-based input (--variant features)")
     p.add_argument("--dropout", type=float, default=None, help="default: the pretrained config's")
     p.add_argument("--max_train_examples", type=int, default=0, help="a seeded random subset (0: all)")
     p.add_argument("--max_eval_examples", type=int, default=0,
                    help="the first N examples of each labelled eval split (0: all); test sets are always whole")
-    p.add_argument("--eval_each_epoch", action="store_true")
+    p.add_argument("--eval_each_epoch", action="store_true",
+                   help="score the dev split after every epoch, not only after the last")
     p.add_argument("--train_file", default="",
                    help="SQuAD: a train JSON other than <data_dir>/train-vX.json; GLUE and pairs: .csv, .tsv or .jsonl "
                         "files (comma-separated paths or globs, concatenated) in place of <data_dir>/train.tsv")
@@ -86,11 +92,17 @@ def parser() -> argparse.ArgumentParser:
                    help="GLUE/pairs files: label values in index order, e.g. contradiction,entailment,neutral, or "
                         "VALUE=NAME entries mapping a file's values (e.g. 0=entailment); required for pairs, default "
                         "the GLUE task's labels")
-    p.add_argument("--doc_stride", type=int, default=128)
-    p.add_argument("--max_query_len", type=int, default=64)
-    p.add_argument("--max_answer_len", type=int, default=30)
-    p.add_argument("--n_best", type=int, default=20)
-    p.add_argument("--null_threshold", type=float, default=0.0)
+    p.add_argument("--doc_stride", type=int, default=128,
+                   help="SQuAD: tokens between the starts of a long context's windows (default: %(default)s)")
+    p.add_argument("--max_query_len", type=int, default=64,
+                   help="SQuAD: question tokens kept (default: %(default)s)")
+    p.add_argument("--max_answer_len", type=int, default=30,
+                   help="SQuAD: the longest answer span predicted, in tokens (default: %(default)s)")
+    p.add_argument("--n_best", type=int, default=20,
+                   help="SQuAD: start and end candidates searched per window (default: %(default)s)")
+    p.add_argument("--null_threshold", type=float, default=0.0,
+                   help="SQuAD v2.0: answer '' when the null score beats the best span by more than this "
+                        "(default: %(default)s)")
     p.add_argument("--progress", action="store_true", help="a progress bar per setting")
     return p
 

@@ -16,7 +16,7 @@ BiLSTM defaults: `lstm_size=0` means hidden_size // 2 per direction, so the BiLS
 encoder's (768 for base, the paper's "768-dimensional BiLSTM"); `lstm_layers=0` means 1 for 'bilstm' and 2 for
 'features'. LSTM state, every output layer and all logits are float32 whatever the compute dtype.
 
-The 'features' variant needs every layer's output, so its encoder is always built with scan_layers=False;
+The 'features' variant needs every layer's output, so its encoder always runs unscanned (speed.scan_layers=False);
 `merge_pretrained` re-lays a scanned pretrained tree out to match the fresh one, so either layout loads.
 """
 from __future__ import annotations
@@ -31,11 +31,11 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.heads import Classifier, Pooler
 from bert_jax.model.layers import MASK_VALUE
-from bert_jax.model.params import to_scanned, to_unscanned, unbox
+from bert_jax.model.params import is_scanned, to_scanned, to_unscanned, unbox
 
 KINDS = ("classification", "regression", "tagging", "span")
 VARIANTS = ("standard", "bilstm", "features")
@@ -111,13 +111,6 @@ class HeadConfig:
         return config.dropout_rate if self.dropout is None else self.dropout
 
 
-def encoder_config(config: ModelConfig, head: HeadConfig) -> ModelConfig:
-    """The config the model's encoder is built with: unscanned for 'features' (it needs every layer)."""
-    if head.variant == "features" and config.scan_layers:
-        return config.replace(scan_layers=False)
-    return config
-
-
 class BiLSTM(nn.Module):
     """Stacked bidirectional LSTM over [B, L, D] honouring per-row lengths; returns (outputs [B, L, 2U],
     final states [B, 2U] = forward h at the last real token ++ backward h at position 0), all float32."""
@@ -170,6 +163,7 @@ class FineTuneModel(nn.Module):
 
     config: ModelConfig
     head: HeadConfig
+    speed: SpeedConfig = SpeedConfig()
 
     @nn.compact
     def __call__(self, batch: Mapping[str, jax.Array], deterministic: bool = True) -> dict[str, jax.Array]:
@@ -182,7 +176,7 @@ class FineTuneModel(nn.Module):
         if head.variant == "features":
             x = self._features(ids, types, mask)
         else:
-            x = Encoder(cfg, name="encoder")(ids, types, mask, deterministic=deterministic).sequence
+            x = Encoder(cfg, speed=self.speed, name="encoder")(ids, types, mask, deterministic=deterministic).sequence
         rate = head.dropout_rate(cfg)
         out_cfg = cfg.replace(dtype="float32")
         if head.variant == "standard":
@@ -205,12 +199,13 @@ class FineTuneModel(nn.Module):
         return {"logits": logits}
 
     def _features(self, ids, types, mask):
-        cfg, head = encoder_config(self.config, self.head), self.head
+        cfg, head = self.config, self.head
         needed = _MIN_LAYERS[head.features]
         if cfg.num_layers < needed:
             raise HeadConfigError(f"head.features={head.features!r} needs num_layers >= {needed}, model has "
                                   f"{cfg.num_layers}; choose another features option or a deeper model")
-        out = Encoder(cfg, name="encoder")(ids, types, mask, deterministic=True, output_hidden_states=True)
+        speed = self.speed.replace(scan_layers=False)  # it reads every layer's output
+        out = Encoder(cfg, speed=speed, name="encoder")(ids, types, mask, deterministic=True, output_hidden_states=True)
         # The last entry is the encoder's output (after pre-LN's final norm), so 'last' is exactly `sequence`.
         layers = tuple(jax.lax.stop_gradient(h) for h in out.hidden_states[:-1] + (out.sequence,))
         if head.features == "embeddings":
@@ -296,10 +291,6 @@ class MergeReport:
         return f"loaded {list(self.loaded)}, fresh {list(self.fresh)}, unused {list(self.unused)}"
 
 
-def _is_scanned(tree: Mapping) -> bool:
-    return any("layers" in path for path in traverse_util.flatten_dict(dict(tree)))
-
-
 def _copy_checked(fresh: Mapping, pretrained: Mapping, name: str) -> dict:
     want = traverse_util.flatten_dict(dict(fresh), sep="/")
     have = traverse_util.flatten_dict(dict(pretrained), sep="/")
@@ -329,9 +320,9 @@ def merge_pretrained(fresh_params: Mapping, pretrained: Mapping) -> tuple[dict, 
                                       "pass a BertForPreTraining params tree or an exported params file's tree")
     fresh_params = unbox(dict(fresh_params))
     encoder = pretrained["encoder"]
-    if _is_scanned(encoder) and not _is_scanned(fresh_params["encoder"]):
+    if is_scanned(encoder) and not is_scanned(fresh_params["encoder"]):
         encoder = to_unscanned({"encoder": encoder})["encoder"]
-    elif _is_scanned(fresh_params["encoder"]) and not _is_scanned(encoder):
+    elif is_scanned(fresh_params["encoder"]) and not is_scanned(encoder):
         encoder = to_scanned({"encoder": encoder})["encoder"]
     merged = dict(fresh_params)
     merged["encoder"] = _copy_checked(fresh_params["encoder"], encoder, "encoder")

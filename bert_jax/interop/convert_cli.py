@@ -2,9 +2,10 @@
 
 Params file format ("bert_jax.params/1"): ONE msgpack file (flax.serialization) holding a dict
     {"format": "bert_jax.params/1", "model_config": <JSON of ModelConfig.to_dict()>, "params": <tree>}
-where the tree is the unboxed `params` collection of `BertForPreTraining(config)` as numpy arrays, in the
-layer layout of `model_config.scan_layers`. It is written to a temporary name and renamed, so a reader
-never sees a partial file. Task models reuse the encoder subtree (`params["encoder"]`).
+where the tree is the unboxed `params` collection of `BertForPreTraining(config)` as numpy arrays, in either layer
+layout (per layer, or stacked for `speed.scan_layers`; the tree shows which, see `bert_jax.model.params.is_scanned`).
+It is written to a temporary name and renamed, so a reader never sees a partial file. Task models reuse the
+encoder subtree (`params["encoder"]`).
 
     bert-jax convert --from-hf HF_DIR --to PARAMS.msgpack [--heads init|require] [--seed N] [--scan-layers]
     bert-jax convert --from PARAMS.msgpack --to-hf HF_DIR
@@ -23,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from bert_jax.model import BertForPreTraining, ModelConfig
+from bert_jax.model import BertForPreTraining, ModelConfig, SpeedConfig
+from bert_jax.model.params import is_scanned
 
 PARAMS_FORMAT = "bert_jax.params/1"
 
@@ -32,10 +34,12 @@ class ParamsFileError(ValueError):
     """A params file that is missing, of another format, or inconsistent with its model config."""
 
 
-def expected_param_shapes(config: ModelConfig) -> dict:
-    """ShapeDtypeStructs of the unboxed `params` collection of BertForPreTraining(config), without allocating."""
+def expected_param_shapes(config: ModelConfig, scanned: bool = False) -> dict:
+    """ShapeDtypeStructs of the unboxed `params` collection of BertForPreTraining(config) (in the scanned layout if
+    `scanned`), without allocating."""
     ids = jnp.zeros((1, 2), jnp.int32)
-    shapes = jax.eval_shape(lambda: BertForPreTraining(config).init(jax.random.key(0), ids))
+    model = BertForPreTraining(config, SpeedConfig(scan_layers=scanned))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids))
     return nn.meta.unbox(shapes)["params"]
 
 
@@ -48,18 +52,20 @@ def host_params(params: Mapping) -> dict:
 
 
 def check_param_tree(params: Mapping, config: ModelConfig, what: str = "params") -> None:
-    """Raise ParamsFileError unless `params` has exactly the paths and shapes BertForPreTraining(config) has."""
-    want = {k: v.shape for k, v in traverse_util.flatten_dict(expected_param_shapes(config), sep="/").items()}
+    """Raise ParamsFileError unless `params` has exactly the paths and shapes BertForPreTraining(config) has (in the
+    layout `params` is in)."""
+    scanned = is_scanned(params)
+    want = {k: v.shape for k, v in traverse_util.flatten_dict(expected_param_shapes(config, scanned), sep="/").items()}
     have = {k: np.shape(v) for k, v in traverse_util.flatten_dict(dict(params), sep="/").items()}
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     wrong = sorted(f"{k} {have[k]} (want {want[k]})" for k in set(want) & set(have) if have[k] != want[k])
     if missing or extra or wrong:
-        raise ParamsFileError(f"{what} do not match model config (scan_layers={config.scan_layers}): "
+        raise ParamsFileError(f"{what} do not match model config ({'scanned' if scanned else 'per-layer'} layout): "
                               f"missing {missing[:8]}, unexpected {extra[:8]}, wrong shape {wrong[:8]}")
 
 
 def to_scanned_layout(params: Mapping, num_layers: int) -> dict:
-    """`encoder/layer_{i}/...` -> `encoder/layers/layer/...` with a leading layer axis (scan_layers=True)."""
+    """`encoder/layer_{i}/...` -> `encoder/layers/layer/...` with a leading layer axis (speed.scan_layers=True)."""
     encoder = dict(params["encoder"])
     layers = [encoder.pop(f"layer_{i}") for i in range(num_layers)]
     encoder["layers"] = {"layer": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)}
@@ -109,9 +115,9 @@ def save_params(path: str, config: ModelConfig, params: Mapping) -> None:
     write_atomically(path, write)
 
 
-def load_params(path: str, scan_layers: bool | None = None) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, numpy params) from a file written by `save_params`; `scan_layers` re-lays the layers
-    out (stacked for nn.scan or one subtree per layer) when it differs from the saved layout."""
+def load_params(path: str, scan_layers: bool = False) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, numpy params) from a file written by `save_params`, with the layers one subtree each, or
+    stacked for nn.scan with `scan_layers`, whichever layout the file holds."""
     if not os.path.isfile(path):
         raise ParamsFileError(f"params file {path!r} does not exist; write it with `bert-jax convert` or save_params")
     with open(path, "rb") as f:
@@ -122,10 +128,8 @@ def load_params(path: str, scan_layers: bool | None = None) -> tuple[ModelConfig
                               "convert it with `bert-jax convert`")
     config = ModelConfig.from_dict(json.loads(payload["model_config"]))
     params = payload["params"]
-    if scan_layers is not None and scan_layers != config.scan_layers:
-        params = relayout(params, config.num_layers, config.scan_layers, scan_layers)
-        config = config.replace(scan_layers=scan_layers)
     check_param_tree(params, config, f"params in {path!r}")
+    params = relayout(params, config.num_layers, is_scanned(params), scan_layers)
     return config, params
 
 

@@ -23,6 +23,7 @@ from flax import traverse_util
 from bert_jax.interop.convert_cli import (check_param_tree, expected_param_shapes, host_params, relayout,
                                          write_atomically)
 from bert_jax.model import BertForPreTraining, ModelConfig
+from bert_jax.model.params import is_scanned
 
 
 class ConversionError(ValueError):
@@ -48,7 +49,7 @@ TASK_HEAD_KEYS = ("classifier.weight", "classifier.bias")  # BertForSequenceClas
 
 def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> ModelConfig:
     """ModelConfig of a transformers BERT config.json dict; `overrides` set non-architecture fields
-    (scan_layers, dtype, remat_policy, ...)."""
+    (dtype, param_dtype, ...)."""
     hf = {**HF_DEFAULTS, **{k: v for k, v in hf_config.items() if v is not None}}
 
     def require(ok: bool, field: str, fix: str):
@@ -210,10 +211,11 @@ def _name_keys(keys) -> str:
 
 
 def convert_hf_state_dict(state: Mapping[str, Any], config: ModelConfig, heads: str = "init",
-                          seed: int = 0) -> HFConversion:
+                          seed: int = 0, scan_layers: bool = False) -> HFConversion:
     """Map a BertForPreTraining / BertForMaskedLM / BertModel / BertForSequenceClassification state dict
-    (numpy arrays) to bert_jax params. Missing heads are freshly initialised (heads='init', with a warning)
-    or an error (heads='require'); the encoder must be complete and no key may be left over."""
+    (numpy arrays) to bert_jax params (the layers stacked for nn.scan with `scan_layers`). Missing heads are freshly
+    initialised (heads='init', with a warning) or an error (heads='require'); the encoder must be complete and no
+    key may be left over."""
     if heads not in HEAD_CHOICES:
         raise ConversionError(f"heads={heads!r} is invalid; choose one of {HEAD_CHOICES}")
     state = _normalise_keys(state)
@@ -231,9 +233,8 @@ def convert_hf_state_dict(state: Mapping[str, Any], config: ModelConfig, heads: 
         weight, bias = (take(k) for k in TASK_HEAD_KEYS)
         task_head = {"dense": {"kernel": weight.T.copy(), "bias": bias}}
 
-    unscanned = config.replace(scan_layers=False)
-    links = param_links(unscanned)
-    leaf_shapes = {k: v.shape for k, v in traverse_util.flatten_dict(expected_param_shapes(unscanned)).items()}
+    links = param_links(config)
+    leaf_shapes = {k: v.shape for k, v in traverse_util.flatten_dict(expected_param_shapes(config)).items()}
     flat, absent = {}, {}
     for link in links:
         keys = tuple(k.format(base=base) for k in link.hf_keys)
@@ -267,14 +268,14 @@ def convert_hf_state_dict(state: Mapping[str, Any], config: ModelConfig, heads: 
     if initialised:
         warnings.warn(f"checkpoint has no {', '.join(initialised)} head(s); initialising them freshly "
                       f"(seed {seed})", stacklevel=2)
-        fresh = _fresh_params(unscanned, seed)
+        fresh = _fresh_params(config, seed)
         for link in links:
             if link.group in initialised:
                 flat[link.path] = fresh[link.path]
 
     dtype = jnp.dtype(config.param_dtype)
     params = traverse_util.unflatten_dict({k: np.asarray(v, dtype) for k, v in flat.items()})
-    params = relayout(params, config.num_layers, False, config.scan_layers)
+    params = relayout(params, config.num_layers, False, scan_layers)
     check_param_tree(params, config, "converted params")
     return HFConversion(params=params, initialised=tuple(initialised), task_head=task_head)
 
@@ -356,13 +357,15 @@ def read_hf_checkpoint(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
     return hf_config, state
 
 
-def load_hf_checkpoint(directory: str, heads: str = "init", seed: int = 0, **overrides) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, params) from a transformers BERT checkpoint directory; `overrides` as in config_from_hf.
+def load_hf_checkpoint(directory: str, heads: str = "init", seed: int = 0, scan_layers: bool = False,
+                       **overrides) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, params) from a transformers BERT checkpoint directory (the layers stacked for nn.scan with
+    `scan_layers`); `overrides` as in config_from_hf.
     A BertForSequenceClassification classifier is not part of BertForPreTraining: it is dropped with a
     warning (use read_hf_checkpoint + convert_hf_state_dict to get it as `task_head`)."""
     hf_config, state = read_hf_checkpoint(directory)
     config = config_from_hf(hf_config, **overrides)
-    result = convert_hf_state_dict(state, config, heads=heads, seed=seed)
+    result = convert_hf_state_dict(state, config, heads=heads, seed=seed, scan_layers=scan_layers)
     if result.task_head is not None:
         warnings.warn(f"{directory}: dropping the sequence-classification layer {TASK_HEAD_KEYS}; "
                       "only the encoder and pretraining heads are returned", stacklevel=2)
@@ -376,7 +379,7 @@ def hf_state_dict(config: ModelConfig, params: Mapping) -> dict[str, np.ndarray]
     save_pretrained does) of bert_jax params in either layer layout."""
     params = host_params(params)
     check_param_tree(params, config)
-    flat = traverse_util.flatten_dict(relayout(params, config.num_layers, config.scan_layers, False))
+    flat = traverse_util.flatten_dict(relayout(params, config.num_layers, is_scanned(params), False))
     state = {}
     for link in param_links(config):
         for key, array in zip(link.hf_keys, link.to_hf(np.asarray(flat[link.path], np.float32))):

@@ -1,4 +1,5 @@
-"""Model hyperparameters: one frozen dataclass, the named presets, and conversion from a ConfigDict."""
+"""What the model computes (ModelConfig, its identity, saved with every checkpoint and params file) and how it is
+computed (SpeedConfig: execution choices that change speed and memory, never the function), and the named sizes."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,13 +32,6 @@ class ModelConfig:
     layer_norm_eps: float = 1e-12
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
-    # 16: dropout masks from 16 random bits per element (half of threefry's work for 32-bit draws), the rate
-    # rounded to a multiple of 1/65536 (0.1 -> 0.100006); 32: jax.random.bernoulli / nn.Dropout.
-    dropout_bits: int = 32
-    # Mask generator: "fused" (Threefry-2x32 written out so XLA fuses the hash into the masking op; 1.04-1.06x a
-    # CPU step, benchmarks/NOTES.md section 17) or "jax" (jax.random, which XLA:CPU runs as a rolled loop over
-    # memory; the masks of runs trained before this option). Both draw each element independently at `rate`.
-    dropout_rng: str = "fused"
     # True: one attention-dropout mask per layer of shape [Q, K], shared by every example and head (flax's
     # dot_product_attention_weights default, which transformers' FlaxBert uses); False: BERT's per-element
     # dropout of the attention probabilities (google-research/bert, transformers' PyTorch BERT).
@@ -46,13 +40,6 @@ class ModelConfig:
     causal: bool = False  # left-to-right attention (the paper's LTR ablation)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    remat_policy: str = "none"
-    # Pretraining: when every objective reads the final layer at a few positions (MLM: the masked ones; NSP/SOP:
-    # [CLS]), the last layer computes only there (keys and values still from every position). The same function,
-    # 1.03x a base step and 1.15x a mini step on 2 CPU cores (benchmarks/NOTES.md section 19). Scanned stacks ignore it.
-    sparse_final_layer: bool = True
-    scan_layers: bool = False
-    attention_impl: str = "xla"  # "xla" (einsum + fp32 softmax) or "cudnn"/"dot_product_attention"
     pad_token_id: int = 0
 
     def __post_init__(self):
@@ -64,13 +51,6 @@ class ModelConfig:
         check(self.position_embedding in POSITION_KINDS, "position_embedding", f"choose one of {POSITION_KINDS}")
         check(self.activation in ACTIVATIONS, "activation", f"choose one of {ACTIVATIONS}")
         check(self.norm in NORM_PLACEMENTS, "norm", f"choose one of {NORM_PLACEMENTS}")
-        check(self.remat_policy in REMAT_POLICIES, "remat_policy", f"choose one of {REMAT_POLICIES}")
-        check(self.dropout_bits in (16, 32), "dropout_bits", "choose 16 or 32")
-        check(self.dropout_rng in ("jax", "fused"), "dropout_rng", "choose jax or fused")
-        check(self.dropout_bits == 32 or self.dropout_rng == "jax", "dropout_bits",
-              "16-bit draws apply to dropout_rng=jax only (fused draws 32 bits at no extra cost)")
-        check(self.attention_impl in ("xla", "dot_product_attention"), "attention_impl",
-              "choose 'xla' or 'dot_product_attention'")
         check(self.position_embedding != "rotary" or self.head_dim % 2 == 0, "position_embedding",
               f"rotary needs an even head size, got {self.head_dim}")
         for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -94,20 +74,68 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
-        """Build from a dict/ConfigDict: `preset` (optional) first, then explicit fields over it."""
-        values = dict(values)
-        preset = values.pop("preset", None)
-        if preset and preset not in PRESETS:
-            raise ValueError(f"model.preset={preset!r} is unknown; choose one of {sorted(PRESETS)}")
-        merged = {**(PRESETS[preset] if preset else {}), **values}
+        """Build from a dict/ConfigDict (a config's `model` section, a saved config.json's, a params file's). The keys
+        that older files stored there and that are no model property are read and dropped (`OLD_MODEL_KEYS`)."""
+        values = {k: v for k, v in dict(values).items() if k not in OLD_MODEL_KEYS}
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(merged) - names)
+        unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown model config key(s) {unknown}; valid keys: {sorted(names)}")
-        return cls(**merged)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedConfig:
+    """Execution choices, given to the modules beside the ModelConfig: the same function (the same params tree up to
+    the scanned layout, the same outputs and gradients; dropout masks differ by `dropout_rng`), so they stay out of
+    the model's identity and a checkpoint trained one way is read any other way."""
+
+    # Dropout mask generator: "fused" (Threefry-2x32 written out so XLA fuses the hash into the masking op; 1.04-1.06x
+    # a CPU step, benchmarks/NOTES.md section 17) or "jax" (jax.random, which XLA:CPU runs as a rolled loop over
+    # memory; the masks of runs trained before this option). Both draw each element independently at the rate.
+    dropout_rng: str = "fused"
+    # Pretraining: when every objective reads the final layer at a few positions (MLM: the masked ones; NSP/SOP:
+    # [CLS]), the last layer computes only there (keys and values still from every position). The same function,
+    # 1.03x a base step and 1.15x a mini step on 2 CPU cores (benchmarks/NOTES.md section 19). Scanned stacks ignore it.
+    sparse_final_layer: bool = True
+    attention_impl: str = "xla"  # "xla" (einsum + fp32 softmax) or "dot_product_attention" (cuDNN's on GPU)
+    remat_policy: str = "none"
+    # One layer compiled once and run by nn.scan: params stacked under encoder/layers/layer (model/params.py
+    # to_scanned / to_unscanned convert; readers of saved params detect the layout with is_scanned).
+    scan_layers: bool = False
+
+    def __post_init__(self):
+        def check(ok, field, fix):
+            if not ok:
+                raise ValueError(f"speed.{field}={getattr(self, field)!r} is invalid: {fix}")
+
+        check(self.dropout_rng in ("jax", "fused"), "dropout_rng", "choose jax or fused")
+        check(self.attention_impl in ("xla", "dot_product_attention"), "attention_impl",
+              "choose 'xla' or 'dot_product_attention'")
+        check(self.remat_policy in REMAT_POLICIES, "remat_policy", f"choose one of {REMAT_POLICIES}")
+
+    def replace(self, **kwargs) -> "SpeedConfig":
+        return dataclasses.replace(self, **kwargs)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "SpeedConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown speed config key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Keys the `model` section of configs (and so config.json files) held before this split, read without error and
+# dropped: every config.json also stores all the sizes a `preset` named; `dropout_bits` (16-bit draws) was
+# superseded by dropout_rng=fused; the rest are SpeedConfig's, which a reader of saved params chooses for itself.
+OLD_MODEL_KEYS = ("preset", "dropout_bits") + tuple(f.name for f in dataclasses.fields(SpeedConfig))
 
 
 def _size(layers: int, hidden: int, heads: int) -> dict[str, int]:

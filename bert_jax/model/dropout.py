@@ -1,4 +1,4 @@
-"""Dropout masks: jax.random's (32- or 16-bit draws) or a fused counter hash (`model.dropout_rng=fused`).
+"""Dropout masks: jax.random's or a fused counter hash (`speed.dropout_rng=fused`).
 
 jax.random runs Threefry-2x32 as a primitive that XLA:CPU lowers with rolled loops (jax registers the CPU lowering
 with `use_rolled_loops=True`): every round is a pass over arrays in memory, 4-7% of a CPU training step
@@ -47,7 +47,7 @@ def fused_bits(key: Array, shape: tuple[int, ...]) -> Array:
         shape = (1,)
     rest = int(np.prod(shape[1:], dtype=np.int64))
     if rest >= 2 ** 32 or shape[0] >= 2 ** 32:
-        raise ValueError(f"dropout mask of shape {shape} is too large for 32-bit counters; use model.dropout_rng=jax")
+        raise ValueError(f"dropout mask of shape {shape} is too large for 32-bit counters; use speed.dropout_rng=jax")
     lead = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
     flat = jnp.zeros(shape, jnp.uint32)
     stride = 1
@@ -58,18 +58,14 @@ def fused_bits(key: Array, shape: tuple[int, ...]) -> Array:
     return threefry2x32(k0, k1, flat, lead)[0]
 
 
-def apply_dropout(x: Array, key: Array, rate: float, mask_shape: tuple | None, rng_impl: str, bits: int) -> Array:
+def apply_dropout(x: Array, key: Array, rate: float, mask_shape: tuple | None, rng_impl: str) -> Array:
     """x with elements dropped at `rate` and the rest scaled by 1 / keep; `mask_shape` (broadcastable to x) shares
-    one mask along its unit axes. `rng_impl`: "fused" (see the module docstring) or "jax" (`bits` 32 or 16)."""
+    one mask along its unit axes. `rng_impl`: "fused" (see the module docstring) or "jax"."""
     shape = tuple(mask_shape or x.shape)
     if rng_impl == "fused":
         threshold = min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1)
         keep = fused_bits(key, shape) >= np.uint32(threshold)
         keep_prob = 1.0 - threshold / 2.0 ** 32
-    elif bits == 16:  # half of threefry's 32-bit words; the rate rounded to k/65536, the scale exact for it
-        threshold = int(round(rate * 65536))
-        keep = jax.random.bits(key, shape, jnp.uint16) >= jnp.uint16(threshold)
-        keep_prob = 1.0 - threshold / 65536
     else:
         keep = jax.random.bernoulli(key, 1.0 - rate, shape)
         keep_prob = 1.0 - rate
@@ -80,24 +76,25 @@ class Dropout(nn.Module):
     """nn.Dropout's interface with the model's choice of mask generator."""
 
     rate: float
-    rng_impl: str  # "fused" or "jax" (ModelConfig.dropout_rng)
-    bits: int  # 32 or 16 (ModelConfig.dropout_bits; 16 with "jax" only)
+    rng_impl: str  # "fused" or "jax" (SpeedConfig.dropout_rng)
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
         if deterministic or self.rate == 0.0:
             return x
-        return apply_dropout(x, self.make_rng("dropout"), self.rate, None, self.rng_impl, self.bits)
+        return apply_dropout(x, self.make_rng("dropout"), self.rate, None, self.rng_impl)
 
 
-def make_dropout(cfg, rate: float, **kwargs) -> nn.Module:
-    if cfg.dropout_rng == "jax" and cfg.dropout_bits == 32:
-        return nn.Dropout(rate, **kwargs)  # flax's own: the masks of checkpoints trained before the options existed
-    return Dropout(rate, cfg.dropout_rng, cfg.dropout_bits, **kwargs)
+def make_dropout(rng_impl: str, rate: float, **kwargs) -> nn.Module:
+    """Dropout at `rate` with masks from `rng_impl` (SpeedConfig.dropout_rng)."""
+    if rng_impl == "jax":
+        return nn.Dropout(rate, **kwargs)  # flax's own: the masks of checkpoints trained before the option existed
+    return Dropout(rate, rng_impl, **kwargs)
 
 
-def attention_dropout(module: nn.Module, probs: Array, rate: float, cfg) -> Array:
+def attention_dropout(module: nn.Module, probs: Array, rate: float, broadcast: bool, rng_impl: str) -> Array:
     """Dropout of the attention probabilities [B, heads, Q, K], per element or with one [Q, K] mask shared
-    across examples and heads (`attention_dropout_broadcast`, B x heads times fewer random draws)."""
-    shape = (1, 1) + probs.shape[2:] if cfg.attention_dropout_broadcast else probs.shape
-    return apply_dropout(probs, module.make_rng("dropout"), rate, shape, cfg.dropout_rng, cfg.dropout_bits)
+    across examples and heads (`broadcast`: ModelConfig.attention_dropout_broadcast, B x heads times fewer random
+    draws)."""
+    shape = (1, 1) + probs.shape[2:] if broadcast else probs.shape
+    return apply_dropout(probs, module.make_rng("dropout"), rate, shape, rng_impl)

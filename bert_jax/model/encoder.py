@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.dropout import make_dropout
 from bert_jax.model.layers import (LayerNorm, RelativePositionBias, TransformerLayer, attention_mask, dense,
                                    gather_positions, normal_init, sinusoidal_table)
@@ -33,6 +33,7 @@ class Embeddings(nn.Module):
     # Another module's token table (an nn.Embed of [vocab, embed_dim]) to use instead of an own one: ELECTRA's
     # generator shares the discriminator's token embeddings; the params stay where that module lives.
     shared_token: nn.Module | None = None
+    speed: SpeedConfig = SpeedConfig()
 
     def setup(self):
         cfg = self.config
@@ -49,7 +50,7 @@ class Embeddings(nn.Module):
                                      param_dtype=cfg.param_dtype,
                                      embedding_init=normal_init(cfg, ("position", embed_axis)))
         self.layer_norm = LayerNorm(cfg, axis_name=embed_axis)
-        self.dropout = make_dropout(cfg, cfg.dropout_rate)
+        self.dropout = make_dropout(self.speed.dropout_rng, cfg.dropout_rate)
         if cfg.factorized:
             self.projection = dense(cfg, cfg.hidden_size, -1, ("embed_factor", "embed"), ("embed",), "projection")
 
@@ -75,40 +76,43 @@ class _ScanLayer(nn.Module):
     """Adapter giving TransformerLayer the (carry, x) -> (carry, y) signature nn.scan wants."""
 
     config: ModelConfig
+    speed: SpeedConfig
     deterministic: bool
     layer_cls: type
 
     @nn.compact
     def __call__(self, x, mask, bias, position_ids, query_positions=None):
-        x = self.layer_cls(self.config, name="layer")(x, mask, bias, position_ids, self.deterministic,
-                                                      query_positions)
+        x = self.layer_cls(self.config, self.speed, name="layer")(x, mask, bias, position_ids, self.deterministic,
+                                                                  query_positions)
         return x, None
 
 
 class Encoder(nn.Module):
     config: ModelConfig
     shared_token: nn.Module | None = None  # see Embeddings.shared_token
+    speed: SpeedConfig = SpeedConfig()  # how it runs (scanned, rematerialised, ...), never what it computes
 
     def setup(self):
         cfg = self.config
-        self.embeddings = Embeddings(cfg, self.shared_token)
+        self.embeddings = Embeddings(cfg, self.shared_token, self.speed)
         if cfg.position_embedding == "relative":
             self.relative_bias = RelativePositionBias(cfg)
         if cfg.norm == "pre":
             self.final_norm = LayerNorm(cfg)
 
     def _layer_cls(self):
-        cfg = self.config
-        if cfg.remat_policy == "none":
+        policy = self.speed.remat_policy
+        if policy == "none":
             return TransformerLayer
-        return nn.remat(TransformerLayer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(5,))
+        return nn.remat(TransformerLayer, policy=REMAT_POLICIES[policy], static_argnums=(5,))
 
     @nn.compact
     def _stack(self, x, mask, bias, position_ids, deterministic: bool, output_hidden_states: bool,
                output_positions):
         cfg = self.config
         layer_cls = self._layer_cls()
-        if cfg.scan_layers and not output_hidden_states:
+        scan = self.speed.scan_layers
+        if scan and not output_hidden_states:
             scan_kwargs = dict(in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers)
             if cfg.share_layers:
                 scanned = nn.scan(_ScanLayer, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
@@ -117,21 +121,23 @@ class Encoder(nn.Module):
                 scanned = nn.scan(_ScanLayer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                                   metadata_params={nn.PARTITION_NAME: "layers"}, **scan_kwargs)
             name = "layer_shared" if cfg.share_layers else "layers"
-            x, _ = scanned(cfg, deterministic, layer_cls, name=name)(x, mask, bias, position_ids)
+            x, _ = scanned(cfg, self.speed, deterministic, layer_cls, name=name)(x, mask, bias, position_ids)
             # Every scanned layer has the same shapes, so the last one runs at all positions too.
             return (x if output_positions is None else gather_positions(x, output_positions)), None
-        if cfg.scan_layers:
-            raise ValueError("output_hidden_states needs the unscanned stack; set model.scan_layers=False "
+        if scan:
+            raise ValueError("output_hidden_states needs the unscanned stack; set speed.scan_layers=False "
                              "(feature extraction and fine-tuning with all layers)")
         hidden = [x]
         # Shared (ALBERT) params sit at layer_shared/layer whether scanned or not, so checkpoints move freely.
-        shared = _ScanLayer(cfg, deterministic, layer_cls, name="layer_shared") if cfg.share_layers else None
+        shared = None
+        if cfg.share_layers:
+            shared = _ScanLayer(cfg, self.speed, deterministic, layer_cls, name="layer_shared")
         for i in range(cfg.num_layers):
             queries = output_positions if i == cfg.num_layers - 1 else None
             if shared is not None:
                 x, _ = shared(x, mask, bias, position_ids, queries)
             else:
-                x = layer_cls(cfg, name=f"layer_{i}")(x, mask, bias, position_ids, deterministic, queries)
+                x = layer_cls(cfg, self.speed, name=f"layer_{i}")(x, mask, bias, position_ids, deterministic, queries)
             hidden.append(x)
         return x, tuple(hidden) if output_hidden_states else None
 

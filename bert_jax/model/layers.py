@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.dropout import attention_dropout, make_dropout
 
 Array = jax.Array
@@ -174,6 +174,7 @@ def attention_mask(input_mask: Array, causal: bool) -> Array:
 
 class SelfAttention(nn.Module):
     config: ModelConfig
+    speed: SpeedConfig = SpeedConfig()
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool,
@@ -185,7 +186,7 @@ class SelfAttention(nn.Module):
                            ("qkv", "heads", "kv"), "qkv")
         q_positions = position_ids
         if query_positions is None:
-            qkv = checkpoint_name(projection(x), "qkv_out")  # what remat_policy=save_qkv_out keeps
+            qkv = checkpoint_name(projection(x), "qkv_out")  # what speed.remat_policy=save_qkv_out keeps
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
             kv = checkpoint_name(projection(x, slice(1, 3)), "qkv_out")
@@ -201,7 +202,7 @@ class SelfAttention(nn.Module):
         k = nn.with_logical_constraint(k, ("act_batch", "act_length", "act_heads", "act_kv"))
         v = nn.with_logical_constraint(v, ("act_batch", "act_length", "act_heads", "act_kv"))
         dropout = cfg.attention_dropout_rate if not deterministic else 0.0
-        if cfg.attention_impl == "dot_product_attention" and dropout == 0.0:
+        if self.speed.attention_impl == "dot_product_attention" and dropout == 0.0:
             out = jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias.astype(q.dtype),
                                                mask=mask, scale=1.0 / math.sqrt(cfg.head_dim))
         else:
@@ -211,7 +212,7 @@ class SelfAttention(nn.Module):
             scores = jnp.where(mask, scores, MASK_VALUE)
             probs = jax.nn.softmax(scores, axis=-1)
             if dropout > 0.0:
-                probs = attention_dropout(self, probs, dropout, cfg)
+                probs = attention_dropout(self, probs, dropout, cfg.attention_dropout_broadcast, self.speed.dropout_rng)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(cfg.dtype), v)
         out = nn.with_logical_constraint(out, ("act_batch", "act_length", "act_heads", "act_kv"))
         return dense(cfg, cfg.hidden_size, (-2, -1), ("heads", "kv", "embed"), ("embed",), "out")(out)
@@ -237,6 +238,7 @@ class TransformerLayer(nn.Module):
     """Attention then feed-forward, each with residual and LayerNorm: after (post-LN, BERT) or before (pre-LN)."""
 
     config: ModelConfig
+    speed: SpeedConfig = SpeedConfig()
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool,
@@ -244,10 +246,11 @@ class TransformerLayer(nn.Module):
         """[B, L, H] -> [B, L, H], or [B, P, H] at `query_positions` [B, P]: every position still serves as a key
         and value, but the rest of the layer runs at those positions only (see `Encoder`'s output_positions)."""
         cfg = self.config
-        drop = make_dropout(cfg, cfg.dropout_rate)
+        drop = make_dropout(self.speed.dropout_rng, cfg.dropout_rate)
         pre = cfg.norm == "pre"
         h = LayerNorm(cfg, name="attention_norm")(x) if pre else x
-        h = SelfAttention(cfg, name="attention")(h, mask, bias, position_ids, deterministic, query_positions)
+        attention = SelfAttention(cfg, self.speed, name="attention")
+        h = attention(h, mask, bias, position_ids, deterministic, query_positions)
         if query_positions is not None:
             x = gather_positions(x, query_positions)
         x = x + drop(h, deterministic=deterministic)

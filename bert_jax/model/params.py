@@ -20,6 +20,12 @@ def count_params(tree: Any) -> int:
     return int(sum(x.size for x in jax.tree.leaves(unbox(tree))))
 
 
+def is_scanned(params: Any) -> bool:
+    """Whether a params tree holds a layer stack in the scanned layout (`layers/layer/...`): saved params carry their
+    layout, so a reader needs no record of the `speed.scan_layers` they were trained with."""
+    return any("layers" in path for path in flatten_dict(dict(unbox(params))))
+
+
 def to_scanned(params: dict) -> dict:
     """`.../encoder/layer_{i}/...` -> `.../encoder/layers/layer/...` with a leading layer axis (for scan_layers)."""
     flat = flatten_dict(unbox(params))

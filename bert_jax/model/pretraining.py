@@ -6,7 +6,7 @@ of the encoder's final layer over the batch (`Objective.reads`):
   - "sequence": it gets hidden [B, L, H];
   - "nothing": no hidden (ELECTRA runs the encoder itself, on its corrupted input).
 The encoder runs at most once for all of them. When every reader reads positions, its last layer computes at
-those positions alone (`model.sparse_final_layer`; the speed-up lives in the encoder, objectives never see it).
+those positions alone (`speed.sparse_final_layer`; the speed-up lives in the encoder, objectives never see it).
 
 Head names are shared with `BertForPreTraining`, the logits view of the same tree that interop and export use:
 a run of 'mlm+nsp' has exactly the params tree of `BertForPreTraining(config)`.
@@ -21,7 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.heads import ENCODER, Classifier, MLMHead, Pooler
 from bert_jax.model.layers import gather_positions
@@ -50,22 +50,22 @@ def reads_positions(objective) -> bool:
     return callable(objective.reads)
 
 
-def reads_sparsely(objectives, config: ModelConfig) -> bool:
+def reads_sparsely(objectives, speed: SpeedConfig) -> bool:
     """Whether the encoder's last layer runs at the readers' positions only: every objective that reads the
-    final layer reads positions, and the config allows it."""
+    final layer reads positions, and the speed settings allow it."""
     readers = [o for o in objectives if o.reads != READS_NOTHING]
-    return config.sparse_final_layer and bool(readers) and all(reads_positions(o) for o in readers)
+    return speed.sparse_final_layer and bool(readers) and all(reads_positions(o) for o in readers)
 
 
-def final_layer_positions(objectives, batch: Batch, config: ModelConfig) -> int | None:
+def final_layer_positions(objectives, batch: Batch, speed: SpeedConfig) -> int | None:
     """How many positions the last layer computes per example when it runs sparsely (for the FLOPs count); None
     when it computes them all (a scanned stack computes the layer whole)."""
-    if config.scan_layers or not reads_sparsely(objectives, config):
+    if speed.scan_layers or not reads_sparsely(objectives, speed):
         return None
     return sum(int(o.reads(batch).shape[1]) for o in objectives if reads_positions(o))
 
 
-def final_hidden(encoder: Encoder, objectives, batch: Batch, config: ModelConfig,
+def final_hidden(encoder: Encoder, objectives, batch: Batch, speed: SpeedConfig,
                  deterministic: bool) -> dict[str, Array | None]:
     """Each objective's hidden states from one encoder pass (or none, when no objective reads one)."""
     readers = [o for o in objectives if o.reads != READS_NOTHING]
@@ -75,7 +75,7 @@ def final_hidden(encoder: Encoder, objectives, batch: Batch, config: ModelConfig
     run = lambda positions=None: encoder(batch["input_ids"], batch.get("token_type_ids"),  # noqa: E731
                                          batch.get("input_mask"), batch.get("position_ids"), deterministic,
                                          output_positions=positions).sequence
-    if reads_sparsely(objectives, config):
+    if reads_sparsely(objectives, speed):
         positions = [o.reads(batch).astype(jnp.int32) for o in readers]
         hidden, start = run(jnp.concatenate(positions, axis=1)), 0
         for o, p in zip(readers, positions):
@@ -94,12 +94,13 @@ class PretrainModel(nn.Module):
 
     config: ModelConfig
     objectives: Any
+    speed: SpeedConfig = SpeedConfig()
 
     @nn.compact
     def __call__(self, batch: Batch, deterministic: bool = True) -> dict[str, Array]:
-        encoder = Encoder(self.config, name=ENCODER)
+        encoder = Encoder(self.config, speed=self.speed, name=ENCODER)
         objectives = self.objectives.objectives
-        hidden = final_hidden(encoder, objectives, batch, self.config, deterministic)
+        hidden = final_hidden(encoder, objectives, batch, self.speed, deterministic)
         sums: dict[str, Array] = {}
         for objective in objectives:
             ctx = Context(self, self.config, encoder, batch, hidden[objective.name], deterministic,
@@ -120,10 +121,11 @@ class BertForPreTraining(nn.Module):
     conversion and export read and write this tree."""
 
     config: ModelConfig
+    speed: SpeedConfig = SpeedConfig()
 
     def setup(self):
         # attribute names = MLM_HEAD, POOLER, NSP_HEAD (tests/test_objectives.py checks the trees are one)
-        self.encoder = Encoder(self.config)
+        self.encoder = Encoder(self.config, speed=self.speed)
         self.mlm_head = MLMHead(self.config)
         self.pooler = Pooler(self.config)
         self.nsp_head = Classifier(self.config, 2)

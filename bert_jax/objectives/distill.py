@@ -63,7 +63,7 @@ def read_teacher(path: str, with_params: bool = True) -> tuple[ModelConfig, dict
         raise TeacherError("distill needs a teacher: set objective_options.distill.teacher to a pretraining "
                            "workdir, a params file or a transformers checkpoint directory")
     try:
-        weights = load_weights(path, "distill.teacher", params=with_params)
+        weights = load_weights(path, "distill.teacher", params=with_params, scan_layers=False)  # the teacher runs per layer
     except WeightsError as e:
         raise TeacherError(str(e)) from None
     config, params = weights.config, weights.params

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.heads import MLMHead
 from bert_jax.model.layers import dense
@@ -44,10 +44,11 @@ class Generator(nn.Module):
 
     config: ModelConfig
     shared_token: nn.Module
+    speed: SpeedConfig = SpeedConfig()
 
     @nn.compact
     def __call__(self, batch, deterministic: bool):
-        encoder = Encoder(self.config, self.shared_token, name="encoder")
+        encoder = Encoder(self.config, self.shared_token, self.speed, name="encoder")
         out = encoder(batch["input_ids"], batch.get("token_type_ids"), batch.get("input_mask"),
                       batch.get("position_ids"), deterministic)
         return MLMHead(self.config, name="mlm_head")(out.sequence, encoder.attend, batch["masked_positions"])
@@ -95,7 +96,7 @@ def denominators(batch):
 def forward(ctx):
     b = ctx.batch
     gen_cfg = generator_config(ctx.config, float(ctx.options["generator_fraction"]))
-    generator = Generator(gen_cfg, ctx.encoder.embeddings.token, name="generator")
+    generator = Generator(gen_cfg, ctx.encoder.embeddings.token, ctx.encoder.speed, name="generator")
     gen_logits = generator(b, ctx.deterministic)
     gen_loss, gen_correct = weighted_cross_entropy(gen_logits, b["masked_ids"], b["masked_weights"])
 

@@ -7,7 +7,6 @@ Resumes automatically from the newest complete checkpoint in `<workdir>/checkpoi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -31,9 +30,10 @@ from bert_jax.train import checkpoint as ckpt
 from bert_jax.train import strategy as strategy_lib
 from bert_jax.train.flops import train_flops_per_step
 from bert_jax.train.metrics_writer import MetricsWriter
-from bert_jax.train.optimizer import OptimizerConfig, make_optimizer
+from bert_jax.train.optimizer import make_optimizer
 from bert_jax.train.state import create_sharded_state, example_batch
-from bert_jax.train.run_setup import masking_config, prepare_data, read_train_manifest, resolve_model, setup_distributed
+from bert_jax.train.run_setup import (masking_config, optimizer_config, prepare_data, read_train_manifest, resolve_model,
+                                     setup_distributed, speed_config)
 from bert_jax.train.step import make_eval_step, make_train_step, summarize
 from bert_jax.weights import load_weights
 
@@ -66,6 +66,7 @@ def load_init_params(path: str, abstract_params: Any, scan_layers: bool) -> Any:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # ---- objectives and data: what the run trains on decides the model's vocab and the masking
+    opt_cfg, speed = optimizer_config(config), speed_config(config)  # checked before anything starts
     setup_distributed(config)
     os.makedirs(workdir, exist_ok=True)
     objectives = ObjectiveSet.parse(config.objectives, config.objective_options.to_dict())
@@ -79,16 +80,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     t = config.train
     seq_len = int(manifest["seq_len"])
     predictions = num_predictions(masking, seq_len) if masking.kind != "none" else 1
-    opt_cfg = OptimizerConfig.from_config(config.optimizer)
-    if opt_cfg.total_steps != t.steps:
-        with config.optimizer.ignore_type():
-            config.optimizer.total_steps = t.steps
-        opt_cfg = dataclasses.replace(opt_cfg, total_steps=t.steps,
-                                      warmup_steps=min(opt_cfg.warmup_steps, t.steps))
 
     # ---- model, optimizer and the state, created already sharded over the mesh
     optimizer, schedule = make_optimizer(opt_cfg)
-    model = PretrainModel(model_cfg, objectives)
+    model = PretrainModel(model_cfg, objectives, speed)
     frozen = objectives.load_frozen()  # e.g. a distillation teacher: an input to the steps, never trained
 
     mesh = make_mesh(config.mesh.to_dict())
@@ -116,7 +111,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         state, data_state = restored.state, restored.data_iter
         _say(f"resumed from {restored.path} at step {int(state.step)}")
     elif t.init_from:
-        params = load_init_params(t.init_from, abstract.params, model_cfg.scan_layers)
+        params = load_init_params(t.init_from, abstract.params, speed.scan_layers)
         params = jax.device_put(params, shardings.params)
         state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params))
         _say(f"initialised params from {t.init_from}")
@@ -165,7 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     writer = MetricsWriter(workdir, enabled=process_index == 0)
     preempted = ckpt.install_preemption_handler()
     flops = train_flops_per_step(model_cfg, t.global_batch_size, seq_len, predictions,
-                                 final_layer_positions(objectives.objectives, init_batch, model_cfg))
+                                 final_layer_positions(objectives.objectives, init_batch, speed))
     start = int(jax.device_get(strategy.read(state).step))
     tokens_per_step = t.global_batch_size * seq_len
     progress = None
@@ -254,15 +249,21 @@ def _one_line(error: BaseException) -> str:
     return " ".join([first, "; ".join(line.strip() for line in rest if line.strip())]).strip()
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bert-jax pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Any config field is overridden by --config.a.b=value, e.g. "
+                                            "--config.train.steps=100 (an unknown key is an error naming it).")
+    parser.add_argument("--config", required=True, help="configs/<file>.py[:variant], e.g. configs/pretrain.py:tiny")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and the resolved config go here")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse reads --config and --workdir; the --config.a.b=value overrides it leaves go to config_flags.
+    args, overrides = _parser().parse_known_args(argv)
     try:
-        rest, overrides = configlib.split_config_args(argv)
-        parser = argparse.ArgumentParser(prog="bert-jax pretrain", description=__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("--config", required=True, help="configs/<file>.py[:variant]")
-        parser.add_argument("--workdir", required=True, help="checkpoints, metrics and the resolved config go here")
-        args = parser.parse_args(rest)
         config = configlib.load_config(args.config, overrides)
     except configlib.ConfigError as e:
         print(f"bert-jax pretrain: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """What a pretraining run is built from, before any step: the processes (jax.distributed), the data (built-in
-corpus or prepared shards, the same on every process), the model config the data implies, the masking."""
+corpus or prepared shards, the same on every process), the model config the data implies, how the model runs, the
+optimiser's schedule, the masking."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,9 @@ import numpy as np
 
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.shards import read_manifest
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.objectives.base import ObjectiveSet
+from bert_jax.train.optimizer import OptimizerConfig
 
 
 def setup_distributed(config: ml_collections.ConfigDict) -> None:
@@ -103,6 +105,22 @@ def resolve_model(config: ml_collections.ConfigDict, manifest: dict, objectives:
         raise ValueError(f"data vocab size {manifest['vocab_size']} != model.vocab_size {model_cfg.vocab_size}; "
                          "rebuild the data with the model's vocab or set --config.model.vocab_size=0")
     return model_cfg
+
+
+def speed_config(config: ml_collections.ConfigDict) -> SpeedConfig:
+    return SpeedConfig.from_dict(config.speed.to_dict())
+
+
+def optimizer_config(config: ml_collections.ConfigDict) -> OptimizerConfig:
+    """The optimizer section with its schedule's length, train.steps: a run's length is set in that one place. A run
+    shorter than its warm-up warms up throughout."""
+    steps = config.train.steps
+    if steps < 1:
+        raise ValueError(f"train.steps={steps} is invalid; it must be >= 1")
+    values = config.optimizer.to_dict()
+    if "warmup_steps" in values:
+        values["warmup_steps"] = min(values["warmup_steps"], steps)
+    return OptimizerConfig.from_config({**values, "total_steps": steps})
 
 
 def masking_config(config: ml_collections.ConfigDict, objectives: ObjectiveSet) -> MaskingConfig:
