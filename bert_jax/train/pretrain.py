@@ -32,8 +32,8 @@ from bert_jax.train.flops import train_flops_per_step
 from bert_jax.train.metrics_writer import MetricsWriter
 from bert_jax.train.optimizer import make_optimizer
 from bert_jax.train.state import create_sharded_state, example_batch
-from bert_jax.train.run_setup import (masking_config, optimizer_config, prepare_data, read_train_manifest, resolve_model,
-                                     setup_distributed, speed_config)
+from bert_jax.train.run_setup import (masking_config, optimizer_config, prepare_data, read_train_manifest,
+                                     resolve_model, setup_distributed, speed_config)
 from bert_jax.train.step import make_eval_step, make_train_step, summarize
 from bert_jax.weights import load_weights
 
