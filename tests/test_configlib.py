@@ -159,7 +159,7 @@ def test_an_old_config_json_still_loads(tmp_path):
 
     from bert_jax.finetune.init import load_init
     from bert_jax.model.config import ModelConfig, preset
-    from bert_jax.train.export import model_config_from_saved
+    from bert_jax.weights import model_config_from_saved
 
     want = preset("tiny", vocab_size=99)
     assert ModelConfig.from_dict(OLD_MODEL) == want
