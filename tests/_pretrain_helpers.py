@@ -203,7 +203,7 @@ def resumed_step(output: str) -> int:
 def build_small_data(cache: str) -> tuple[str, str, str]:
     """(train dir, eval dir, vocab dir) of the small built-in corpus (`DATA`) under `cache`: eval is another
     seed's documents tokenised with the training vocab."""
-    from bert_jax.data.builtin_corpus import prepare_builtin_dataset
+    from bert_jax.data.make_data import prepare_builtin_dataset
 
     d = DATA
     common = dict(mode=d["mode"], seq_len=d["seq_len"], vocab_size=d["vocab_size"], log=lambda m: None)

@@ -280,7 +280,7 @@ def test_finetune_from_an_ltr_pretraining_workdir(tmp_path):
     `workdir@STEP` picks a checkpoint, and the vocab comes from the run's data manifest."""
     from tests._pretrain_helpers import CONFIG, DATA, TINY
     from bert_jax import configlib
-    from bert_jax.data.builtin_corpus import prepare_builtin_dataset
+    from bert_jax.data.make_data import prepare_builtin_dataset
     from bert_jax.train import pretrain
 
     data = prepare_builtin_dataset(str(tmp_path / "corpus"), **{**DATA, "mode": "single"}, log=lambda m: None)

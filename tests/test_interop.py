@@ -15,7 +15,7 @@ from bert_jax import cli  # noqa: E402
 from bert_jax.interop import (ConversionError, config_from_hf, convert_hf_state_dict,  # noqa: E402
                               hf_config_from_model, hf_state_dict, load_hf_checkpoint, load_params,
                               read_hf_checkpoint, save_hf_checkpoint, save_params)
-from bert_jax.interop.convert_cli import expected_param_shapes, host_params  # noqa: E402
+from bert_jax.interop.params_file import expected_param_shapes, host_params  # noqa: E402
 from bert_jax.model import BertForPreTraining, ModelConfig, SpeedConfig, preset  # noqa: E402
 from bert_jax.model.params import is_scanned  # noqa: E402
 

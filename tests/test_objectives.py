@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bert_jax import configlib
-from bert_jax.data.builtin_corpus import prepare_builtin_dataset
+from bert_jax.data.make_data import prepare_builtin_dataset
 from bert_jax.data.shards import open_examples, read_manifest
 from bert_jax.model import BertForPreTraining, Encoder, preset
 from bert_jax.model.heads import CausalLMHead

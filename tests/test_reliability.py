@@ -342,7 +342,7 @@ def test_incompatible_resume_is_a_one_line_error_and_keeps_the_run(case, data, f
 def test_processes_with_unequal_data_fail_fast(case, data, tmp_path):
     """Two real processes (gloo), process 1 reading a shorter dataset (fewer batches) or none at all: both
     exit with a one-line error on their own, quickly; none is killed by the test or left waiting."""
-    from bert_jax.data.builtin_corpus import prepare_builtin_dataset
+    from bert_jax.data.make_data import prepare_builtin_dataset
 
     train_dir, eval_dir, vocab = data
     if case == "shorter":

@@ -18,7 +18,7 @@ import json
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from bert_jax.data.shards import atomic_directory
 
@@ -208,53 +208,3 @@ def write_builtin_corpus(out_dir: str, num_docs: int = DEFAULT_NUM_DOCS, seed: i
             with open(os.path.join(tmp, "corpus.json"), "w") as out:
                 json.dump({"num_docs": num_docs, "seed": seed}, out)
     return sorted(os.path.join(out_dir, n) for n in os.listdir(out_dir) if n.endswith(".txt"))
-
-
-def builtin_vocab_dir(work_dir: str, vocab_size: int | None = None, num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> str:
-    """Where `prepare_builtin_dataset` keeps the vocab it trains (pass it as `vocab=` for a held-out set)."""
-    return os.path.join(work_dir, f"vocab-v{vocab_size or DEFAULT_VOCAB_SIZE}-docs{num_docs}-seed{seed}")
-
-
-def prepare_builtin_dataset(
-    work_dir: str,
-    mode: str = "segment-pair",
-    seq_len: int = 128,
-    vocab_size: int | None = None,
-    seed: int = 0,
-    *,
-    num_docs: int = DEFAULT_NUM_DOCS,
-    workers: int = 1,
-    vocab: str | None = None,
-    dataset_dir: str | None = None,
-    short_seq_prob: float = 0.1,
-    dupe_factor: int = 1,
-    log: Callable[[str], Any] = print,
-) -> str:
-    """Corpus -> vocab (trained, uncased, unless `vocab` is given) -> make-data; every step cached.
-
-    Returns the dataset directory (default: under `work_dir`, named after the arguments)."""
-    from bert_jax.data import shards
-    from bert_jax.data.corpus import iter_documents
-    from bert_jax.data.make_data import build_dataset
-    from bert_jax.data.tokenizer import CONFIG_FILE, save_vocab, train_wordpiece
-
-    vocab_size = vocab_size or DEFAULT_VOCAB_SIZE
-    key = {"mode": mode, "seq_len": seq_len, "vocab_size": vocab_size, "seed": seed, "num_docs": num_docs,
-           "vocab": vocab and os.path.abspath(vocab), "short_seq_prob": short_seq_prob, "dupe_factor": dupe_factor}
-    dataset_dir = dataset_dir or os.path.join(
-        work_dir, f"builtin-{mode}-len{seq_len}-v{vocab_size}-docs{num_docs}-seed{seed}")
-    key_file = os.path.join(dataset_dir, "builtin.json")
-    if os.path.isfile(os.path.join(dataset_dir, shards.MANIFEST)) and os.path.isfile(key_file):
-        with open(key_file) as f:
-            if json.load(f) == key:
-                return dataset_dir
-    files = write_builtin_corpus(os.path.join(work_dir, f"corpus-docs{num_docs}-seed{seed}"), num_docs, seed)
-    if vocab is None:
-        vocab = builtin_vocab_dir(work_dir, vocab_size, num_docs, seed)
-        if not os.path.isfile(os.path.join(vocab, CONFIG_FILE)):  # written last by save_vocab
-            sentences = (s for doc in iter_documents(files) for s in doc)
-            save_vocab(vocab, train_wordpiece(sentences, vocab_size, lowercase=True), lowercase=True)
-    build_dataset(files, dataset_dir, vocab, mode=mode, seq_len=seq_len, seed=seed, workers=workers,
-                  short_seq_prob=short_seq_prob, dupe_factor=dupe_factor, log=log)
-    shards.write_json_atomic(key_file, key)
-    return dataset_dir

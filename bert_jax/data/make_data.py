@@ -29,9 +29,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from bert_jax.data import shards
-from bert_jax.data.corpus import FORMAT_HELP, FORMATS, CorpusError, RawDocument, ReaderOptions, expand_inputs, iter_raw_documents
+from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, DEFAULT_VOCAB_SIZE, write_builtin_corpus
+from bert_jax.data.corpus import (FORMAT_HELP, FORMATS, CorpusError, RawDocument, ReaderOptions, expand_inputs, iter_documents,
+                                  iter_raw_documents)
 from bert_jax.data.instances import MODES, InstanceConfig, InstanceError, build_unit
-from bert_jax.data.tokenizer import TokenizerError, WordPieceTokenizer, load_tokenizer
+from bert_jax.data.tokenizer import (CONFIG_FILE, TokenizerError, WordPieceTokenizer, load_tokenizer, save_vocab,
+                                     train_wordpiece)
 
 BUILD_ARGS = "build_args.json"
 DEFAULT_UNIT_CHARS = 1_000_000
@@ -262,6 +265,54 @@ def _manifest(metas: list[dict], args: dict, tokenizer: WordPieceTokenizer, read
     }
 
 
+# ----------------------------------------------------------------------------------------- the built-in corpus
+
+
+def builtin_vocab_dir(work_dir: str, vocab_size: int | None = None, num_docs: int = DEFAULT_NUM_DOCS, seed: int = 0) -> str:
+    """Where `prepare_builtin_dataset` keeps the vocab it trains (pass it as `vocab=` for a held-out set)."""
+    return os.path.join(work_dir, f"vocab-v{vocab_size or DEFAULT_VOCAB_SIZE}-docs{num_docs}-seed{seed}")
+
+
+def prepare_builtin_dataset(
+    work_dir: str,
+    mode: str = "segment-pair",
+    seq_len: int = 128,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    *,
+    num_docs: int = DEFAULT_NUM_DOCS,
+    workers: int = 1,
+    vocab: str | None = None,
+    dataset_dir: str | None = None,
+    short_seq_prob: float = 0.1,
+    dupe_factor: int = 1,
+    log: Callable[[str], Any] = print,
+) -> str:
+    """Corpus -> vocab (trained, uncased, unless `vocab` is given) -> make-data; every step cached.
+
+    Returns the dataset directory (default: under `work_dir`, named after the arguments)."""
+    vocab_size = vocab_size or DEFAULT_VOCAB_SIZE
+    key = {"mode": mode, "seq_len": seq_len, "vocab_size": vocab_size, "seed": seed, "num_docs": num_docs,
+           "vocab": vocab and os.path.abspath(vocab), "short_seq_prob": short_seq_prob, "dupe_factor": dupe_factor}
+    dataset_dir = dataset_dir or os.path.join(
+        work_dir, f"builtin-{mode}-len{seq_len}-v{vocab_size}-docs{num_docs}-seed{seed}")
+    key_file = os.path.join(dataset_dir, "builtin.json")
+    if os.path.isfile(os.path.join(dataset_dir, shards.MANIFEST)) and os.path.isfile(key_file):
+        with open(key_file) as f:
+            if json.load(f) == key:
+                return dataset_dir
+    files = write_builtin_corpus(os.path.join(work_dir, f"corpus-docs{num_docs}-seed{seed}"), num_docs, seed)
+    if vocab is None:
+        vocab = builtin_vocab_dir(work_dir, vocab_size, num_docs, seed)
+        if not os.path.isfile(os.path.join(vocab, CONFIG_FILE)):  # written last by save_vocab
+            sentences = (s for doc in iter_documents(files) for s in doc)
+            save_vocab(vocab, train_wordpiece(sentences, vocab_size, lowercase=True), lowercase=True)
+    build_dataset(files, dataset_dir, vocab, mode=mode, seq_len=seq_len, seed=seed, workers=workers,
+                  short_seq_prob=short_seq_prob, dupe_factor=dupe_factor, log=log)
+    shards.write_json_atomic(key_file, key)
+    return dataset_dir
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bert-jax make-data", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", action="append", required=True,
@@ -303,8 +354,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         if a.input == ["builtin"]:
-            from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, prepare_builtin_dataset
-
             prepare_builtin_dataset(
                 os.path.join(a.output, "builtin-source"), mode=a.mode, seq_len=a.seq_len, vocab_size=a.vocab_size,
                 seed=a.seed, num_docs=a.num_docs or DEFAULT_NUM_DOCS, workers=a.workers, vocab=a.vocab,

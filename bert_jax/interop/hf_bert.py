@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from bert_jax.interop.convert_cli import (check_param_tree, expected_param_shapes, host_params, relayout,
+from bert_jax.interop.params_file import (check_param_tree, expected_param_shapes, host_params, relayout,
                                          write_atomically)
 from bert_jax.model import BertForPreTraining, ModelConfig
 from bert_jax.model.params import is_scanned

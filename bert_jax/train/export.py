@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.interop.convert_cli import save_params
+from bert_jax.interop.params_file import save_params
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.pretraining import BertForPreTraining
 from bert_jax.weights import ENCODER, find_head, load_weights

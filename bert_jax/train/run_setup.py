@@ -10,6 +10,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS
+from bert_jax.data.make_data import builtin_vocab_dir, prepare_builtin_dataset
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.shards import read_manifest
 from bert_jax.model.config import ModelConfig, SpeedConfig
@@ -39,8 +41,6 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
                          "--config.data.path=builtin")
     if data.path != "builtin":
         return data.path, data.eval_path
-    from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, builtin_vocab_dir, prepare_builtin_dataset
-
     mode = data.mode or objectives.data_modes[0]
     cache = os.path.join(workdir, "data")
     docs = data.builtin_docs or DEFAULT_NUM_DOCS
