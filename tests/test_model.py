@@ -255,6 +255,54 @@ def test_gated_gelu_pre_ln_trains_a_finite_gradient():
     assert np.isfinite(loss) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
+def _numpy_pre_ln_geglu_encoder(cfg, p, ids, types, mask):
+    """The pre-LN, GeGLU encoder written out in numpy from its params (float64): the reference the model must match."""
+    from scipy.special import erf
+
+    def norm(x, w):
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + cfg.layer_norm_eps) * w["scale"] + w["bias"]
+
+    gelu = lambda x: 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))  # noqa: E731
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), p)
+    e = p["embeddings"]
+    positions = np.arange(ids.shape[1])
+    x = e["token"]["embedding"][ids] + e["segment"]["embedding"][types] + e["position"]["embedding"][positions][None]
+    x = norm(x, e["layer_norm"])
+    heads, head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    for i in range(cfg.num_layers):
+        layer = p[f"layer_{i}"]
+        h = norm(x, layer["attention_norm"])
+        qkv = np.einsum("blh,hcnd->blcnd", h, layer["attention"]["qkv"]["kernel"]) + layer["attention"]["qkv"]["bias"]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        scores = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(head_dim)
+        scores = np.where(mask[:, None, None, :] > 0, scores, -1e30)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        out = np.einsum("bnqk,bknd->bqnd", probs, v)
+        x = x + np.einsum("bqnd,ndh->bqh", out, layer["attention"]["out"]["kernel"]) + layer["attention"]["out"]["bias"]
+        h = norm(x, layer["mlp_norm"])
+        wi = np.einsum("blh,hgi->blgi", h, layer["mlp"]["wi"]["kernel"]) + layer["mlp"]["wi"]["bias"]
+        h = gelu(wi[:, :, 0]) * wi[:, :, 1]  # GeGLU: GELU(x W) * (x V)
+        x = x + h @ layer["mlp"]["wo"]["kernel"] + layer["mlp"]["wo"]["bias"]
+    return norm(x, p["final_norm"])  # pre-LN ends with one more LayerNorm
+
+
+def test_pre_ln_geglu_encoder_equals_a_hand_computation():
+    cfg = CFG.replace(activation="geglu", norm="pre", num_layers=2)
+    ids, types, mask = random_batch()
+    params = unbox(Encoder(cfg).init(jax.random.key(3), ids, types, mask))["params"]
+    # non-trivial norms and biases, so a misplaced LayerNorm or a dropped bias shows
+    params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(x.size), x.shape), params)
+    ours = Encoder(cfg).apply({"params": params}, ids, types, mask).sequence
+    reference = _numpy_pre_ln_geglu_encoder(cfg, params, np.asarray(ids), np.asarray(types), np.asarray(mask))
+    real = np.asarray(mask) > 0  # padded positions attend but are never read
+    np.testing.assert_allclose(np.asarray(ours)[real], reference[real], rtol=2e-4, atol=2e-4)
+    post = Encoder(cfg.replace(norm="post")).init(jax.random.key(3), ids, types, mask)
+    assert "final_norm" not in unbox(post)["params"]
+
+
 def test_invalid_config_names_the_field():
     with pytest.raises(ValueError, match="model.num_heads"):
         preset("tiny", num_heads=3)
