@@ -37,6 +37,30 @@ def test_every_param_has_logical_names_the_rules_know():
         assert flat[path] == spec, (path, flat[path])
 
 
+@pytest.mark.parametrize("spec, mode", [("mlm+nsp", None), ("mlm+sop", None), ("ltr", None), ("mlm+sbo", "span"),
+                                        ("electra", None), ("corrupted", None)])
+def test_every_objective_head_param_has_logical_names_the_rules_know(spec, mode):
+    """The heads objectives create (and ELECTRA's generator) shard by the same rules as the encoder."""
+    from bert_jax.model.pretraining import PretrainModel
+    from bert_jax.objectives import ObjectiveSet
+    from bert_jax.train.state import example_batch
+
+    known = {name for name, _ in LOGICAL_RULES}
+    objectives = ObjectiveSet.parse(spec)
+    batch = {k: jnp.asarray(v) for k, v in example_batch(8, 16, 3).items()}
+    if objectives.masking == "span":
+        batch.update(span_left=jnp.zeros((8, 3), jnp.int32), span_right=jnp.ones((8, 3), jnp.int32),
+                     span_offset=jnp.zeros((8, 3), jnp.int32))
+    model = PretrainModel(CFG.replace(causal=objectives.causal), objectives)
+    abstract = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, batch))
+    flat = flatten_dict(nn.get_partition_spec(abstract)["params"])
+    heads = {path: spec for path, spec in flat.items() if path[0] != "encoder"}
+    assert heads, f"{spec}: no head params"
+    for path, axes in heads.items():
+        assert isinstance(axes, P) and len(axes) > 0, (path, axes)
+        assert set(axes) <= known, (path, axes)
+
+
 def test_scanned_layers_carry_a_layers_axis():
     flat = flatten_dict(nn.get_partition_spec(abstract_init(CFG, SpeedConfig(scan_layers=True)))["params"])
     assert flat[("encoder", "layers", "layer", "attention", "qkv", "kernel")] == P(
