@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 
+import matplotlib.image as plt_image
 import numpy as np
 import pytest
 
@@ -324,8 +325,17 @@ def test_plots_are_written(tmp_path):
                 row["cells"]["LM ppl"].update(median=30.0 - i, metric="mlm_perplexity")
         paths = write_plots(results, grid.plot, str(tmp_path))
         assert [os.path.basename(p) for p in paths] == expected
-        with open(paths[0], "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        image = plt_image.imread(paths[0])[..., :3]
+        drawn = (image < 0.9).any(-1)  # not (near) white: axes, labels, lines
+        assert 0.01 < drawn.mean() < 0.5, drawn.mean()
+        # the data is what is drawn: other numbers draw another picture
+        for row in results["rows"]:
+            for cell in row["cells"].values():
+                if isinstance(cell.get("median"), (int, float)):
+                    cell["median"] = cell["median"] * 0.5 + 7.0
+        os.makedirs(tmp_path / name, exist_ok=True)
+        other = write_plots(results, grid.plot, str(tmp_path / name))
+        assert not np.array_equal(plt_image.imread(other[0]), plt_image.imread(paths[0]))
 
 
 # ----------------------------------------------------------------------------------------- smoke run
