@@ -199,26 +199,20 @@ def split_micro_batches(batch: Any, num_micro_batches: int) -> Any:
     return jax.tree.map(split, batch)
 
 
-def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, micro_batches: Any, *,
-                         denominator_key: str | None = "denominator", rng: jax.Array | None = None):
-    """Gradient of the global-batch mean loss, computed one micro-batch at a time (`lax.scan`).
+def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, micro_batches: Any, *, rng: jax.Array | None = None):
+    """Gradient of the global-batch loss, computed one micro-batch at a time (`lax.scan`).
 
     Contract:
       `loss_and_grad_fn(params, micro_batch)` -- or `(params, micro_batch, rng)` when `rng` is given,
       with an independent key per micro-batch -- returns `(grads, sums)`:
-        grads: gradient w.r.t. `params` of the micro-batch's *summed* loss (e.g. sum of per-token
-               cross-entropy over masked tokens), NOT its mean;
-        sums:  dict of scalar sums over the micro-batch; it must contain `denominator_key` (e.g. the
-               number of masked tokens); other entries (loss sum, correct predictions) are summed too.
+        grads: gradient w.r.t. `params` of the micro-batch's share of the global loss: each term's sum over
+               the micro-batch divided by that term's count over the *whole global batch* (computed from the
+               full batch before splitting: MLM tokens, NSP examples), NOT the micro-batch's own mean;
+        sums:  dict of scalar sums over the micro-batch (loss sums, correct predictions), summed too.
       `micro_batches`: pytree whose leaves have a leading axis of size k (see `split_micro_batches`).
 
-    Returns `(grads, sums)`: grads = sum_i grads_i / sum_i sums_i[denominator_key], divided once, so it
-    equals the gradient of one big batch normalised by the whole global batch's count (a zero count
-    gives zero gradients rather than NaN); sums = sum_i sums_i, for metrics (divide them yourself).
-
-    Several loss terms with different denominators (MLM tokens, NSP examples): compute the global
-    counts from the full batch first, let `loss_and_grad_fn` differentiate
-    sum_term(term_sum_i / global_count_term), and pass `denominator_key=None` (plain sum, no division).
+    Returns `(grads, sums)` = (sum_i grads_i, sum_i sums_i): the gradient of one big batch, exactly, however
+    unevenly the counts fall between micro-batches.
 
     Gradients are accumulated in float32 (or wider) and returned in the dtype `loss_and_grad_fn` gives.
     """
@@ -230,9 +224,6 @@ def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, micro_batches:
 
     first = jax.tree.map(lambda x: x[0], micro_batches)
     grad_shapes, sum_shapes = jax.eval_shape(call, first, None if keys is None else keys[0])
-    if denominator_key is not None and denominator_key not in sum_shapes:
-        raise ValueError(f"loss_and_grad_fn returned sums {sorted(sum_shapes)} without the denominator "
-                         f"{denominator_key!r}; add it or pass denominator_key=")
 
     def acc_dtype(s):
         return jnp.promote_types(s.dtype, jnp.float32)
@@ -248,9 +239,5 @@ def accumulate_gradients(loss_and_grad_fn: Callable, params: Any, micro_batches:
     init = (jax.tree.map(lambda s: jnp.zeros(s.shape, acc_dtype(s)), grad_shapes),
             jax.tree.map(lambda s: jnp.zeros(s.shape, acc_dtype(s)), sum_shapes))
     (grad_sum, sums), _ = jax.lax.scan(step, init, (micro_batches, keys))
-    if denominator_key is not None:
-        denom = sums[denominator_key]
-        denom = jnp.where(denom > 0, denom, 1).astype(jnp.float32)
-        grad_sum = jax.tree.map(lambda g: g / denom.astype(g.dtype), grad_sum)
     grads = jax.tree.map(lambda g, s: g.astype(s.dtype), grad_sum, grad_shapes)
     return grads, sums

@@ -61,7 +61,7 @@ def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: o
         else:
             micro = split_micro_batches(batch, grad_accum_steps)
             grads, sums = accumulate_gradients(lambda p, b, k: grad_fn(p, b, denominators, k, frozen),
-                                               state.params, micro, denominator_key=None, rng=key)
+                                               state.params, micro, rng=key)
         grads = _psum(grads, axis_name)
         sums = {k: _psum(v, axis_name) for k, v in sums.items()}
         loss = objectives.total_loss(sums, denominators)
