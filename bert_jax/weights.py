@@ -168,7 +168,7 @@ def _from_checkpoint(source: _Source, label: str, with_params: bool) -> Weights:
     if step not in complete:
         raise WeightsError(f"{label}: step {step} is not a complete checkpoint in {directory}; pick one of the "
                            f"complete steps {complete}")
-    params, saved, manifest, _ = read_checkpoint(str(storage_path(directory) / str(step)), with_params)
+    params, saved, manifest = read_checkpoint(str(storage_path(directory) / str(step)), with_params)
     config = model_config_from_saved(saved)
     vocab = (manifest or {}).get("vocab_path")
     return Weights("workdir", source.path, config, params, vocab, None, step, saved, manifest)
@@ -270,8 +270,8 @@ def incomplete_reason(path: str) -> str | None:
     return f"missing items {missing}" if missing else None
 
 
-def read_checkpoint(step_dir: str, with_params: bool = True) -> tuple[dict | None, dict, dict | None, bool]:
-    """(numpy params or None, run config, data manifest, whether the layers are stored scanned) of one step
+def read_checkpoint(step_dir: str, with_params: bool = True) -> tuple[dict | None, dict, dict | None]:
+    """(numpy params or None, run config, data manifest) of one step
     directory. Only the params are read of the train state, onto this process's first device, whatever topology
     wrote them."""
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
@@ -288,4 +288,4 @@ def read_checkpoint(step_dir: str, with_params: bool = True) -> tuple[dict | Non
             args["state"] = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
         restored = checkpointer.restore(step_dir, args=ocp.args.Composite(**args))
     params = jax.device_get(restored["state"]["params"]) if with_params else None
-    return params, restored["config"], restored["manifest"], "layers" in stored.get(ENCODER, {})
+    return params, restored["config"], restored["manifest"]
