@@ -27,7 +27,7 @@ PMAP_AXIS = "batch"
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     name: str
-    place: Callable[[Any], Any]  # the state as `make_sharded_state` built it -> the state as the steps take it
+    place: Callable[[Any], Any]  # the state as `create_sharded_state` built it -> the state as the steps take it
     train: Callable[[Any, dict], tuple[Any, Any]]  # (placed state, host batch) -> (state, device metrics)
     evaluate: Callable[[Any, dict], Any]  # (placed params, host batch) -> device metrics
     metrics: Callable[[Any], Any]  # device metrics -> host numpy metrics
