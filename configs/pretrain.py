@@ -13,16 +13,16 @@ from bert_jax.model.config import PRESETS, ModelConfig, SpeedConfig
 
 VARIANTS = {
     "tiny": dict(model_size="tiny", global_batch_size=32, seq_len=128, steps=400, learning_rate=1e-3,
-                 warmup_steps=40, max_predictions=20),
+                 warmup_steps=40, max_predictions=0),
     "mini": dict(model_size="mini", global_batch_size=32, seq_len=128, steps=2000, learning_rate=5e-4,
-                 warmup_steps=200, max_predictions=20),
+                 warmup_steps=200, max_predictions=0),
     # 8192 x 32 x 128 = 32M tokens
     "mini_text": dict(model_size="L4_H192_A12", global_batch_size=32, seq_len=128, steps=8192, learning_rate=2e-3,
-                      warmup_steps=819, max_predictions=20),
+                      warmup_steps=819, max_predictions=0),
     "base": dict(model_size="base", global_batch_size=256, seq_len=128, steps=900_000, learning_rate=1e-4,
-                 warmup_steps=10_000, max_predictions=20),
+                 warmup_steps=10_000, max_predictions=0),
     "large": dict(model_size="large", global_batch_size=256, seq_len=128, steps=900_000, learning_rate=1e-4,
-                  warmup_steps=10_000, max_predictions=20),
+                  warmup_steps=10_000, max_predictions=0),
     # Phase two: 10% of the paper's 1M steps at seq 512 (set train.init_from to phase one's workdir).
     "base_phase2": dict(model_size="base", global_batch_size=256, seq_len=512, steps=100_000, learning_rate=1e-4,
                         warmup_steps=1_000, max_predictions=80),
@@ -64,6 +64,8 @@ def get_config(arg=None):
         mode="",  # make-data mode for builtin ("" = the objectives' first mode)
         whole_word=False,
         mask_rate=0.15, mask_ratio=0.8, random_ratio=0.1, keep_ratio=0.1,
+        # 0: ceil(mask_rate * seq_len) (BERT's 20 at 0.15 x 128), so a mask_rate override needs no second one;
+        # a cap below that is refused (it would silently lower the rate).
         max_predictions=v["max_predictions"],
         packing=False,
         builtin_docs=6000 if on_cpu else 0,

@@ -40,7 +40,10 @@ PROBES = {
     "heads3": ("3 heads of 64 (4/192/3) instead of 12 of 16", {"model.num_heads": 3}),
     "wide256": ("the `mini` preset's width: 4/256/4 (intermediate 1024)",
                 {"model.hidden_size": 256, "model.num_heads": 4, "model.intermediate_size": 1024}),
+    # 39 predicted positions per example: the configs derive data.max_predictions from the rate (until session 7 it
+    # stayed 20, which capped any higher rate at 15.6%).
     "mask30": ("mask rate 30% (80/10/10)", {"data.mask_rate": 0.3}),
+    "mask40": ("mask rate 40% (80/10/10)", {"data.mask_rate": 0.4}),
     "vocab8k": ("WordPiece 8k trained on the corpus", {"vocab": "wordpiece8k"}),
     "batch64": ("batch 64 (half the steps)", {"train.global_batch_size": 64}),
     "dropout0.1": ("dropout 0.1", {"model.dropout_rate": 0.1, "model.attention_dropout_rate": 0.1}),

@@ -204,3 +204,22 @@ def test_an_old_scanned_checkpoint_still_loads(tmp_path):
     assert export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "params.msgpack")]) == 0
     config, exported = load_params(str(tmp_path / "params.msgpack"))
     assert config == cfg and "layer_1" in exported["encoder"]
+
+
+def test_max_predictions_follows_the_mask_rate_and_a_lower_cap_is_refused():
+    """A mask_rate override alone changes how many positions are predicted (the variants derive the cap);
+    an explicit cap below the rate is an error naming both keys, never a silently lower rate."""
+    from bert_jax.objectives.base import ObjectiveSet
+    from bert_jax.train.run_setup import masking_config
+    from bert_jax.data.masking import num_predictions
+
+    objectives = ObjectiveSet.parse("mlm+nsp")
+    c = configlib.load_config(f"{CONFIG}:mini")
+    assert num_predictions(masking_config(c, objectives), c.data.seq_len) == 20  # BERT's 20 at 0.15 x 128
+    c.data.mask_rate = 0.3
+    assert num_predictions(masking_config(c, objectives), c.data.seq_len) == 39
+    c.data.max_predictions = 20
+    with pytest.raises(ValueError, match=r"data.max_predictions=20 caps data.mask_rate=0.3 below its 39"):
+        masking_config(c, objectives)
+    c.data.max_predictions = 40
+    assert num_predictions(masking_config(c, objectives), c.data.seq_len) == 40
