@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS
+from bert_jax.data.instances import MIN_SEQ_LEN
 from bert_jax.data.make_data import builtin_vocab_dir, prepare_builtin_dataset
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.shards import read_manifest
@@ -41,6 +42,7 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
                          "--config.data.path=builtin")
     if data.path != "builtin":
         return data.path, data.eval_path
+    check_builtin_data(config, objectives)  # before generating and tokenising a corpus
     mode = data.mode or objectives.data_modes[0]
     cache = os.path.join(workdir, "data")
     docs = data.builtin_docs or DEFAULT_NUM_DOCS
@@ -59,6 +61,20 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
     eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
                                                          vocab=vocab, **kwargs)
     return train_dir, eval_dir
+
+
+def check_builtin_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet) -> None:
+    """The built-in corpus's data.* settings, named by their config keys (make-data's own errors name its flags)."""
+    data, positions = config.data, config.model.max_position_embeddings
+    if data.mode and data.mode not in objectives.data_modes:
+        raise ValueError(f"data.mode={data.mode!r} cannot feed objectives {config.objectives!r}; pass "
+                         f"--config.data.mode= one of {', '.join(objectives.data_modes)}, or leave it empty")
+    if data.seq_len < MIN_SEQ_LEN:
+        raise ValueError(f"data.seq_len={data.seq_len} is too small; pass --config.data.seq_len={MIN_SEQ_LEN} or "
+                         "more (BERT uses 128, then 512)")
+    if data.seq_len > positions:
+        raise ValueError(f"data.seq_len={data.seq_len} is more than model.max_position_embeddings={positions}; pass "
+                         f"--config.data.seq_len={positions} or less, or raise --config.model.max_position_embeddings")
 
 
 def read_train_manifest(train_dir: str, eval_dir: str) -> dict:
