@@ -120,6 +120,13 @@ def test_total_steps_is_train_steps(tmp_path, capsys):
                                     "--config.model.max_position_embeddings"]),
     ("--config.data.mode=bogus", ["data.mode='bogus'", "--config.data.mode"]),
     ("--config.data.mode=single", ["data.mode='single'", "'mlm+nsp'", "segment-pair"]),
+    ("--config.data.builtin_vocab_size=3", ["data.builtin_vocab_size=3", "--config.data.builtin_vocab_size"]),
+    ("--config.data.mask_rate=2", ["data.mask_rate=2"]),
+    ("--config.data.max_predictions=0", ["data.max_predictions=0"]),
+    ("--config.model.dropout_rate=1", ["model.dropout_rate=1"]),
+    ("--config.train.global_batch_size=0", ["train.global_batch_size=0"]),
+    ("--config.train.log_every=0", ["train.log_every=0"]),
+    ("--config.train.on_nonfinite=skp", ["train.on_nonfinite='skp'", "stop or skip"]),
 ])
 def test_errors_name_the_config_key_as_typed_before_any_data_is_made(override, needles, tmp_path, capsys):
     """Not make-data's flags (--seq_len, --mode), nor keys the user cannot type (optimizer.total_steps)."""

@@ -76,8 +76,8 @@ def validate_dataset(examples: Examples, spec: PipelineSpec, process_index: int,
         raise PipelineError(f"global_batch_size {spec.global_batch_size} is not divisible by the {process_count} processes; "
                             "choose a multiple of the process count")
     if spec.packing and m.get("mode") not in SINGLE_SEGMENT_MODES:
-        raise PipelineError(f"packing needs single-segment examples but {path} has mode {m.get('mode')!r}; "
-                            f"turn packing off or rebuild with a mode in {SINGLE_SEGMENT_MODES}")
+        raise PipelineError(f"data.packing needs single-segment examples but {path} has mode {m.get('mode')!r}; "
+                            f"set data.packing=false or use data of a mode in {SINGLE_SEGMENT_MODES}")
     if len(examples) == 0:
         raise PipelineError(f"{path} holds no examples; rebuild it from a larger corpus")
     if spec.epochs is not None and spec.epochs < 1:

@@ -15,6 +15,7 @@ from bert_jax.data.instances import MIN_SEQ_LEN
 from bert_jax.data.make_data import builtin_vocab_dir, prepare_builtin_dataset
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.shards import read_manifest
+from bert_jax.data.tokenizer import SPECIAL_TOKENS
 from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.train.optimizer import OptimizerConfig
@@ -32,6 +33,19 @@ def setup_distributed(config: ml_collections.ConfigDict) -> None:
         kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
                       process_id=d.process_id)
     jax.distributed.initialize(**kwargs)  # no arguments: discovered automatically on TPU VMs and SLURM
+
+
+def check_train(config: ml_collections.ConfigDict) -> None:
+    """The train section's counts and choices, by the keys a user types, before anything starts."""
+    t = config.train
+    zero = {"eval_every": " (0: never)", "eval_batches": " (0: the whole eval set)",
+            "checkpoint_every": " (0: at the end and when preempted)"}
+    for key in ("steps", "global_batch_size", "log_every", "keep_checkpoints", *zero):
+        minimum = 0 if key in zero else 1
+        if t[key] < minimum:
+            raise ValueError(f"train.{key}={t[key]} is invalid; it must be >= {minimum}{zero.get(key, '')}")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite={t.on_nonfinite!r} is unknown; choose stop or skip")
 
 
 def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, workdir: str) -> tuple[str, str]:
@@ -72,6 +86,11 @@ def check_builtin_data(config: ml_collections.ConfigDict, objectives: ObjectiveS
     if data.seq_len < MIN_SEQ_LEN:
         raise ValueError(f"data.seq_len={data.seq_len} is too small; pass --config.data.seq_len={MIN_SEQ_LEN} or "
                          "more (BERT uses 128, then 512)")
+    if data.builtin_vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"data.builtin_vocab_size={data.builtin_vocab_size} is too small; pass "
+                         "--config.data.builtin_vocab_size=4096 (the default) or a few hundred at least")
+    masking_config(config, objectives)  # its data.* errors, before the corpus is made
+    ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": config.model.vocab_size or 1})  # model.* errors
     if data.seq_len > positions:
         raise ValueError(f"data.seq_len={data.seq_len} is more than model.max_position_embeddings={positions}; pass "
                          f"--config.data.seq_len={positions} or less, or raise --config.model.max_position_embeddings")
