@@ -17,15 +17,15 @@ def _one_line_error(capsys) -> tuple[str, str]:
     return out, lines[0]
 
 
-@pytest.mark.parametrize("flag,value", [
+@pytest.mark.parametrize("task,flag,value", [("glue/sst2", *bad) for bad in (
     ("--seeds", "0"), ("--epochs", "0"), ("--batch_size", "0"), ("--learning_rates", ","),
     ("--learning_rates", "nan"), ("--warmup_fraction", "1.5"), ("--max_seq_len", "-4"),
     ("--max_train_examples", "-3"), ("--max_eval_examples", "-1"), ("--doc_stride", "0"), ("--n_best", "0"),
     ("--max_query_len", "0"), ("--max_answer_len", "0"), ("--dropout", "1"), ("--features", "sum_all"),
-])
-def test_bad_flags_are_one_line_errors_naming_the_flag(flag, value, tmp_path, capsys):
+)] + [("pairs", "--labels", "yes"), ("conll2003", "--labels", "O")])
+def test_bad_flags_are_one_line_errors_naming_the_flag(task, flag, value, tmp_path, capsys):
     # The init does not exist: the flags are checked before anything is loaded.
-    argv = args("glue/sst2", str(tmp_path), str(tmp_path / "no-init"), str(tmp_path / "ft"), f"{flag}={value}")
+    argv = args(task, str(tmp_path), str(tmp_path / "no-init"), str(tmp_path / "ft"), f"{flag}={value}")
     assert cli.main(["finetune", *argv]) == 2
     _, err = _one_line_error(capsys)
     assert flag in err and "no-init" not in err, err
@@ -42,7 +42,8 @@ def _mnli_header_only_mismatched(tmp_path):
     data = tmp_path / "MNLI"
     data.mkdir()
     header, row = "sentence1\tsentence2\tgold_label\n", "the film\tgood\tentailment\n"
-    for name, text in (("train.tsv", header + row * 8), ("dev_matched.tsv", header + row), ("dev_mismatched.tsv", header)):
+    for name, text in (("train.tsv", header + row * 8), ("dev_matched.tsv", header + row),
+                       ("dev_mismatched.tsv", header)):
         (data / name).write_text(text)
     return "glue/mnli", str(data), [], str(data / "dev_mismatched.tsv")
 
@@ -59,7 +60,8 @@ def _pairs_header_only_test(tmp_path):
     for name, text in (("train.csv", "premise,hypothesis,label\na,b,yes\nc,d,no\n"),
                        ("dev.csv", "premise,hypothesis,label\na,b,yes\n"), ("test.csv", "premise,hypothesis\n")):
         (tmp_path / name).write_text(text)
-    files = ["--labels", "no,yes"] + [x for s in ("train", "dev", "test") for x in (f"--{s}_file", str(tmp_path / f"{s}.csv"))]
+    files = ["--labels", "no,yes"]
+    files += [x for s in ("train", "dev", "test") for x in (f"--{s}_file", str(tmp_path / f"{s}.csv"))]
     return "pairs", str(tmp_path), files, str(tmp_path / "test.csv")
 
 

@@ -94,8 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="",
                    help="GLUE/pairs files: label values in index order, e.g. contradiction,entailment,neutral, or "
                         "VALUE=NAME entries mapping a file's values (e.g. 0=entailment); required for pairs, default "
-                        "the GLUE task's labels; conll2003: the tags in index order, O first (default: CoNLL-2003's "
-                        "nine)")
+                        "the GLUE task's labels; conll2003: the tags in index order (default: CoNLL-2003's nine)")
     p.add_argument("--doc_stride", type=int, default=128,
                    help="SQuAD: tokens between the starts of a long context's windows (default: %(default)s)")
     p.add_argument("--max_query_len", type=int, default=64,
@@ -183,11 +182,12 @@ def score(task, splits: dict, result: dict, log) -> dict:
     epochs = [dict(record) for record in result["epochs"]]
     for record in epochs:
         outputs = result["outputs"].get(record["epoch"], {})
-        record.update({name: task.evaluate(s.examples, s.features, outputs[name])
-                       for name, s in scored.items() if name in outputs})
-        if len(record) > 2:
+        scores = {name: task.evaluate(s.examples, s.features, outputs[name])
+                  for name, s in scored.items() if name in outputs}
+        record.update(scores)
+        if scores:
             log(f"{Setting(**result['setting']).name} epoch {record['epoch']}: " + ", ".join(
-                f"{name}={_short(record[name])}" for name in scored if name in record))
+                f"{name}={_short(value)}" for name, value in scores.items()))
     return {"setting": result["setting"], "epochs": epochs, "final": {name: epochs[-1][name] for name in scored},
             **{k: result[k] for k in ("loaded", "seconds", "steps")}}
 

@@ -110,6 +110,9 @@ def _pairs_task(options: dict) -> Task:
     from bert_jax.finetune.pair_files import find_columns, parse_labels, read_pair_files
 
     label_map = parse_labels(options.get("labels", ""))
+    if len(label_map.names) < 2:
+        raise TaskError(f"--labels {options.get('labels')!r} names one label; a classifier needs two or more, e.g. "
+                        "--labels no,yes")
     columns = find_columns(options.get("text_a_column", ""), options.get("text_b_column", ""),
                            options.get("label_column", ""))
 
@@ -213,6 +216,9 @@ def _conll_task(options: dict) -> Task:
 
     # --labels: the tag set in index order (comma-separated), else CoNLL-2003's nine tags
     labels = tuple(t.strip() for t in options.get("labels", "").split(",") if t.strip()) or CONLL2003_LABELS
+    if len(labels) < 2:
+        raise TaskError(f"--labels {options['labels']!r} names one tag; list every tag in index order (e.g. "
+                        "O,B-PER,I-PER)")
 
     def read(data_dir, split):
         for name in CONLL_FILES[split]:
@@ -245,7 +251,7 @@ def _check_tags(sentences, labels: tuple[str, ...], path: str) -> None:
             if tag not in known:
                 line = f":{sentence.lines[i]}" if sentence.lines else ""
                 raise TaskError(f"{path}{line}: tag {tag!r} is not one of the labels {list(labels)}; fix that line or "
-                                "pass --labels with every tag in index order, O first (e.g. O,B-PER,I-PER)")
+                                "pass --labels with every tag in index order (e.g. O,B-PER,I-PER)")
 
 
 # ----------------------------------------------------------------------------------------- registry
