@@ -113,6 +113,30 @@ def test_total_steps_is_train_steps(tmp_path, capsys):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("override, needles", [
+    ("--config.optimizer.warmup_steps=-1", ["optimizer.warmup_steps=-1", "(train.steps)"]),
+    ("--config.data.seq_len=4", ["data.seq_len=4", "--config.data.seq_len=8"]),
+    ("--config.data.seq_len=1024", ["data.seq_len=1024", "model.max_position_embeddings=512",
+                                    "--config.model.max_position_embeddings"]),
+    ("--config.data.mode=bogus", ["data.mode='bogus'", "--config.data.mode"]),
+    ("--config.data.mode=single", ["data.mode='single'", "'mlm+nsp'", "segment-pair"]),
+    ("--config.data.builtin_vocab_size=3", ["data.builtin_vocab_size=3", "--config.data.builtin_vocab_size"]),
+    ("--config.data.mask_rate=2", ["data.mask_rate=2"]),
+    ("--config.data.max_predictions=0", ["data.max_predictions=0"]),
+    ("--config.model.dropout_rate=1", ["model.dropout_rate=1"]),
+    ("--config.train.global_batch_size=0", ["train.global_batch_size=0"]),
+    ("--config.train.log_every=0", ["train.log_every=0"]),
+    ("--config.train.on_nonfinite=skp", ["train.on_nonfinite='skp'", "stop or skip"]),
+])
+def test_errors_name_the_config_key_as_typed_before_any_data_is_made(override, needles, tmp_path, capsys):
+    """Not make-data's flags (--seq_len, --mode), nor keys the user cannot type (optimizer.total_steps)."""
+    assert _pretrain_main(tmp_path, "--config.train.steps=1", override) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
+    assert "total_steps" not in err and "--seq_len" not in err and "--mode" not in err, err
+    assert not os.path.exists(tmp_path / "data")  # the built-in corpus was not generated
+
+
 @pytest.mark.parametrize("name, key", [("electra", "rtd_weight"), ("distill", "temperature")])
 def test_objective_options_are_the_objectives_own_defaults(name, key):
     from bert_jax.objectives.base import get_objective

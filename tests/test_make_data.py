@@ -211,6 +211,27 @@ def test_bad_inputs(tagged, tmp_path, capsys):
     assert len(again) > 0
 
 
+def test_a_corpus_without_examples_is_refused_and_leaves_nothing(tmp_path, capsys):
+    """One sentence per document cannot make a sentence pair; a blank corpus has no text. Both: exit 2, one line
+    naming the input and the fix, and no half-dataset left behind, so the rerun the message asks for works."""
+    from bert_jax import cli
+
+    save_vocab(str(tmp_path / "v"), list(SPECIAL_TOKENS) + ["the", "cat", "sat", "."], lowercase=True)
+    (tmp_path / "one.txt").write_text("the cat sat .\n\n" * 20, encoding="utf-8")
+    (tmp_path / "blank.txt").write_text("\n \n\t\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    for corpus, words in (("one.txt", ["20 of 20 documents have one sentence", "--mode full-sentences"]),
+                          ("blank.txt", ["holds no text (only blank lines)", "--format"])):
+        argv = ["make-data", "--input", str(tmp_path / corpus), "--vocab", str(tmp_path / "v"), "--output", out]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith(f"make-data: --input {tmp_path / corpus}"), err
+        assert all(w in err for w in words), err
+        assert not os.path.exists(out)
+    assert cli.main([*argv[:2], str(tmp_path / "one.txt"), *argv[3:], "--mode", "full-sentences"]) == 0
+    assert shards.read_manifest(out)["examples"] >= 1
+
+
 def test_messy_input_is_counted(tmp_path):
     vocab = list(SPECIAL_TOKENS) + ["good", "words", "\ufffd", "."]
     save_vocab(str(tmp_path / "v"), vocab, lowercase=True)

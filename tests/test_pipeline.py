@@ -239,7 +239,7 @@ def test_validation_errors(pair_dir, tmp_path):
     make_pretrain_iterator(pair_dir, 16, 0, m, expected_vocab_fingerprint="vocab-abc", vocab_size=600, max_positions=32)
     with pytest.raises(PipelineError, match="vocab_size is 500"):
         make_pretrain_iterator(pair_dir, 16, 0, m, vocab_size=500)
-    with pytest.raises(PipelineError, match="max_positions 16"):
+    with pytest.raises(PipelineError, match="max_position_embeddings 16.*--seq_len 16"):
         make_pretrain_iterator(pair_dir, 16, 0, m, max_positions=16)
     with pytest.raises(PipelineError, match="not divisible"):
         make_pretrain_iterator(pair_dir, 18, 0, m, process_count=4)

@@ -277,7 +277,8 @@ def test_bad_input_is_a_one_line_error_before_any_step(case, data, tmp_path, cap
     os.makedirs(empty)
     cases = {  # name: (lambda: overrides, after preparing any input they need; what the error must say)
         "max_positions": (lambda: dict(model__max_position_embeddings=32),
-                          [re.escape(train_dir), "seq_len 64 > the model's max_positions 32", "raise max_positions"]),
+                          [re.escape(train_dir), "seq_len 64 > the model's max_position_embeddings 32",
+                           "make-data --seq_len 32", "raise model.max_position_embeddings"]),
         "model_vocab": (lambda: dict(model__vocab_size=500),
                         ["data vocab size 1000 != model.vocab_size 500", "rebuild the data", "vocab_size=0"]),
         "token_id": (lambda: dict(data__path=copy_dataset(train_dir, other, max_token_id=1000)),

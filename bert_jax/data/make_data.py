@@ -32,7 +32,7 @@ from bert_jax.data import shards
 from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, DEFAULT_VOCAB_SIZE, write_builtin_corpus
 from bert_jax.data.corpus import (FORMAT_HELP, FORMATS, CorpusError, RawDocument, ReaderOptions, expand_inputs, iter_documents,
                                   iter_raw_documents)
-from bert_jax.data.instances import MODES, InstanceConfig, InstanceError, build_unit
+from bert_jax.data.instances import MODES, PAIR_MODES, InstanceConfig, InstanceError, build_unit
 from bert_jax.data.tokenizer import (CONFIG_FILE, TokenizerError, WordPieceTokenizer, load_tokenizer, save_vocab,
                                      train_wordpiece)
 
@@ -164,6 +164,7 @@ def build_dataset(
     if done is not None:
         log(f"make-data: {output_dir} is already complete ({done['examples']} examples)")
         return done
+    created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     shards.write_json_atomic(os.path.join(output_dir, BUILD_ARGS), args)
     for name in os.listdir(output_dir):  # half-written leftovers of a killed run
@@ -203,18 +204,43 @@ def build_dataset(
     elapsed = time.perf_counter() - start
 
     manifest = _manifest(metas, args, tokenizer, reader_stats)
-    if manifest["documents"] == 0 or manifest["examples"] == 0:
-        hint = f" ({reader_stats['missing_text_field']} JSON lines lack --text_field {reader.text_field!r})" \
-            if reader_stats["missing_text_field"] else ""
-        what = "no text" if manifest["documents"] == 0 else (
-            f"{manifest['documents']} documents but no {mode} example (skipped: {manifest['skipped'] or 'none'})")
-        raise CorpusError(f"--input {' '.join(inputs)} holds {what}{hint}; point --input at more text, or check "
-                          "--format (a wrong format can read a whole file as one sentence)")
+    if manifest["documents"] == 0 or manifest["examples"] == 0:  # refused: a dataset of 0 examples is no dataset
+        _discard_empty_build(output_dir, metas, created)
+        raise CorpusError(_why_no_examples(inputs, manifest, mode, reader))
     manifest["token_counts"] = token_counts(output_dir, manifest, tokenizer)
     shards.write_json_atomic(os.path.join(output_dir, shards.MANIFEST), manifest)
     log(f"make-data: {manifest['examples']} examples in {len(metas)} shards ({built} built now) from "
         f"{manifest['documents']} documents, {manifest['tokens']} tokens, {elapsed:.1f}s -> {output_dir}")
     return manifest
+
+
+def _discard_empty_build(output_dir: str, metas: list[dict], created: bool) -> None:
+    """Remove what a build of no examples wrote (its empty shards and build_args.json): the rerun the error asks
+    for, with other arguments (another --mode) or a fixed corpus, must not be refused as a different build."""
+    for meta in metas:
+        shutil.rmtree(os.path.join(output_dir, shards.shard_name(meta["unit"])), ignore_errors=True)
+    os.remove(os.path.join(output_dir, BUILD_ARGS))
+    if created and not os.listdir(output_dir):
+        os.rmdir(output_dir)
+
+
+def _why_no_examples(inputs: Sequence[str], manifest: dict, mode: str, reader: ReaderOptions) -> str:
+    source, skipped = f"--input {' '.join(inputs)}", manifest["skipped"]
+    if manifest["documents"] == 0:
+        if skipped.get("missing_text_field"):
+            return (f"{source} holds no text: {skipped['missing_text_field']} JSON lines lack --text_field "
+                    f"{reader.text_field!r}; pass --text_field with the field that holds each document's text")
+        why = f"skipped: {skipped}" if skipped else "only blank lines"
+        return f"{source} holds no text ({why}); point --input at text files, or check --format"
+    one = skipped.get("one_sentence_documents", 0)
+    if mode in PAIR_MODES and one:
+        return (f"{source}: {one} of {manifest['documents']} documents have one sentence, and --mode {mode} pairs "
+                "sentences of one document, so no example was made; put several sentences in each document (--format "
+                "bert: a sentence per line, a blank line between documents; --format text --doc_boundary blank_line: "
+                "prose paragraphs), or pass --mode full-sentences (no sentence pairs)")
+    return (f"{source} holds {manifest['documents']} documents but no --mode {mode} example (skipped: "
+            f"{skipped or 'none'}); point --input at more text, or check --format (a wrong format can read a whole "
+            "file as one sentence)")
 
 
 def token_counts(out_dir: str, manifest: dict, tokenizer: WordPieceTokenizer) -> list[int]:
@@ -315,8 +341,9 @@ def prepare_builtin_dataset(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bert-jax make-data", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", action="append", required=True,
-                   help="file or glob, .gz read as is (repeatable; quote globs); 'builtin' for the built-in corpus")
+    p.add_argument("--input", action="extend", nargs="+", required=True,
+                   help="files or globs, .gz read as is (repeatable; a glob the shell expanded works too); 'builtin' "
+                        "for the built-in corpus")
     p.add_argument("--output", required=True,
                    help="dataset directory (created; a rerun with the same arguments finishes or reuses it)")
     p.add_argument("--vocab", help="vocab.txt or a directory with one (required unless --input builtin)")

@@ -53,15 +53,18 @@ class MaskingConfig:
     span_max_words: int = 10
 
     def __post_init__(self):
+        # Messages name the config keys these fields are read from (pretraining's data section).
         if self.kind not in MASK_KINDS:
             raise MaskingError(f"masking kind {self.kind!r} is unknown; choose one of {', '.join(MASK_KINDS)}")
         if not 0.0 < self.rate <= 1.0:
-            raise MaskingError(f"masking rate {self.rate} must be in (0, 1]; BERT uses 0.15")
+            raise MaskingError(f"data.mask_rate={self.rate} must be in (0, 1]; BERT uses 0.15")
         ratios = (self.mask_ratio, self.random_ratio, self.keep_ratio)
         if min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
-            raise MaskingError(f"mask/random/keep ratios {ratios} must be >= 0 and sum to 1, e.g. (0.8, 0.1, 0.1)")
+            raise MaskingError(f"data.mask_ratio, data.random_ratio, data.keep_ratio {ratios} must be >= 0 and sum "
+                               "to 1; BERT uses 0.8, 0.1, 0.1")
         if self.max_predictions is not None and self.max_predictions < 1:
-            raise MaskingError(f"max_predictions={self.max_predictions} must be >= 1 (or None for ceil(rate * seq_len))")
+            raise MaskingError(f"data.max_predictions={self.max_predictions} must be >= 1 (or None for "
+                               "ceil(data.mask_rate * seq_len))")
         if not 0.0 < self.span_p <= 1.0 or self.span_max_words < 1:
             raise MaskingError(f"span_p={self.span_p} must be in (0, 1] and span_max_words={self.span_max_words} >= 1")
 

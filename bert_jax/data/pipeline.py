@@ -66,8 +66,9 @@ def validate_dataset(examples: Examples, spec: PipelineSpec, process_index: int,
         raise PipelineError(f"{path} holds token id {m['max_token_id']} but the model's vocab_size is {vocab_size}; "
                             "use a model with vocab_size > max_token_id or rebuild the data with the model's vocab")
     if max_positions is not None and examples.seq_len > max_positions:
-        raise PipelineError(f"{path} has seq_len {examples.seq_len} > the model's max_positions {max_positions}; "
-                            "rebuild the data with a shorter --seq-len or raise max_positions")
+        raise PipelineError(f"{path} has seq_len {examples.seq_len} > the model's max_position_embeddings "
+                            f"{max_positions}; rebuild the data with `bert-jax make-data --seq_len "
+                            f"{max_positions}` (or less), or raise model.max_position_embeddings")
     if spec.global_batch_size < 1 or process_count < 1 or not 0 <= process_index < process_count:
         raise PipelineError(f"global_batch_size={spec.global_batch_size}, process {process_index} of {process_count}: "
                             "need a positive batch and 0 <= process_index < process_count")
@@ -75,8 +76,8 @@ def validate_dataset(examples: Examples, spec: PipelineSpec, process_index: int,
         raise PipelineError(f"global_batch_size {spec.global_batch_size} is not divisible by the {process_count} processes; "
                             "choose a multiple of the process count")
     if spec.packing and m.get("mode") not in SINGLE_SEGMENT_MODES:
-        raise PipelineError(f"packing needs single-segment examples but {path} has mode {m.get('mode')!r}; "
-                            f"turn packing off or rebuild with a mode in {SINGLE_SEGMENT_MODES}")
+        raise PipelineError(f"data.packing needs single-segment examples but {path} has mode {m.get('mode')!r}; "
+                            f"set data.packing=false or use data of a mode in {SINGLE_SEGMENT_MODES}")
     if len(examples) == 0:
         raise PipelineError(f"{path} holds no examples; rebuild it from a larger corpus")
     if spec.epochs is not None and spec.epochs < 1:
@@ -169,7 +170,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         n_batches = _batch_count(plan.num_rows, self.spec)
         if n_batches == 0:
             raise PipelineError(f"{self.examples.path}: epoch {self._epoch} has {plan.num_rows} rows, fewer than one global "
-                                f"batch of {self.spec.global_batch_size}; use a smaller batch or drop_remainder=False")
+                                f"batch of {self.spec.global_batch_size}; lower train.global_batch_size or use more "
+                                "data")
         make = functools.partial(_make_batch, examples=self.examples, plan=plan, spec=self.spec,
                                  process_index=self.process_index, process_count=self.process_count)
         start = min(self._batch, n_batches)
@@ -184,7 +186,7 @@ def _open(dataset_dir: str, spec: PipelineSpec, process_index: int, process_coun
     iterator = BatchIterator(examples, spec, process_index, process_count, num_threads, prefetch)
     if iterator.batches_in_epoch(0) == 0:
         raise PipelineError(f"{dataset_dir} has {iterator.plan(0).num_rows} rows, fewer than one global batch of "
-                            f"{spec.global_batch_size}; use a smaller batch or drop_remainder=False")
+                            f"{spec.global_batch_size}; lower train.global_batch_size or use more data")
     return iterator
 
 

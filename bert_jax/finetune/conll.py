@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +32,7 @@ class TaggedSentence:
     guid: str
     words: tuple[str, ...]
     tags: tuple[str, ...]
+    lines: tuple[int, ...] = field(default=(), compare=False, repr=False)  # each word's line, for errors
 
 
 def _valid_tag(tag: str) -> bool:
@@ -91,8 +92,8 @@ def read_conll(path: str, scheme: str = "auto") -> list[TaggedSentence]:
         flat[starts] = np.char.add("B-", kinds.astype(str))
     bounds = np.cumsum([len(w) for w, _, _ in sentences])[:-1]
     name = os.path.splitext(os.path.basename(path))[0]
-    return [TaggedSentence(f"{name}-{i}", tuple(w), tuple(str(t) for t in iob2))
-            for i, ((w, _, _), iob2) in enumerate(zip(sentences, np.split(flat, bounds)))]
+    return [TaggedSentence(f"{name}-{i}", tuple(w), tuple(str(t) for t in iob2), tuple(ns))
+            for i, ((w, _, ns), iob2) in enumerate(zip(sentences, np.split(flat, bounds)))]
 
 
 def label_set(sentences: Sequence[TaggedSentence]) -> tuple[str, ...]:
@@ -105,7 +106,7 @@ def featurize_tagging(sentences: Sequence[TaggedSentence], tokenizer, labels: Se
                       max_seq_len: int) -> dict[str, np.ndarray]:
     """Rows `[CLS] sub-tokens [SEP]` per the fine-tuning contract, plus `word_ids` int32 [N, L]."""
     if max_seq_len < 3:
-        raise ValueError(f"max_seq_len={max_seq_len} leaves no room for words after [CLS]/[SEP]; use 128 or so")
+        raise ValueError(f"--max_seq_len {max_seq_len} leaves no room for words after [CLS]/[SEP]; pass 128 or so")
     capacity = max_seq_len - 2
     label_index = {t: i for i, t in enumerate(labels)}
     for s in sentences:

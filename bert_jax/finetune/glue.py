@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -150,7 +151,7 @@ def _read_rows(spec: GlueTask, path: str, split: str, rows: Iterator[tuple[int, 
                 if spec.skip_malformed:
                     skipped.append(line)
                     continue
-                expected = "a number" if label_index is None else f"one of {list(spec.labels)}"
+                expected = "a finite number" if label_index is None else f"one of {list(spec.labels)}"
                 raise GlueFormatError(f"{path}:{line}: label {value!r} in column {label_column!r} is not {expected}; "
                                       f"fix that row or pass the right task (not {spec.name!r})") from None
         text_b = None if spec.text_b is None else row[columns[spec.text_b]]
@@ -164,7 +165,10 @@ def _read_rows(spec: GlueTask, path: str, split: str, rows: Iterator[tuple[int, 
 
 def _parse_label(value: str, label_index: dict[str, int] | None) -> int | float:
     if label_index is None:
-        return float(value)
+        score = float(value)
+        if not math.isfinite(score):  # a nan/inf score would turn every metric into nan after training
+            raise ValueError(value)
+        return score
     if value not in label_index:
         raise ValueError(value)
     return label_index[value]
@@ -221,7 +225,7 @@ def featurize_pairs(examples: Sequence[SentenceExample], tokenizer, max_seq_len:
     n = len(examples)
     has_b = np.array([e.text_b is not None for e in examples], dtype=bool)
     if max_seq_len < (3 if has_b.any() else 2):
-        raise ValueError(f"max_seq_len={max_seq_len} leaves no room for text after [CLS]/[SEP]; use 128 or so")
+        raise ValueError(f"--max_seq_len {max_seq_len} leaves no room for text after [CLS]/[SEP]; pass 128 or so")
     ids_a, _, off_a = tokenizer.encode_flat([e.text_a for e in examples])
     if has_b.any():
         ids_b, _, off_b = tokenizer.encode_flat([e.text_b or "" for e in examples])

@@ -10,7 +10,9 @@ Every split in --data_dir is used: labelled ones are scored (dev selects the set
 CoNLL's test split are reported beside it), unlabelled ones (GLUE's test sets) only predicted. Each setting's
 predictions go to `<workdir>/runs/<setting>/`, the best single run's are copied to `<workdir>/predictions/`
 (dev with gold labels, GLUE submission TSVs, SQuAD predictions.json, CoNLL word/gold/predicted; formats in
-bert_jax/finetune/predictions.py). Every split is read and featurized before the first training step.
+bert_jax/finetune/predictions.py). The flags and every split are checked, read and featurized before the first
+training step (checks.py). A setting's trained outputs are saved before it is scored (trained.py): a failure after
+training costs no training, and the same command run again scores the saved outputs.
 
 Compiled steps are kept in JAX's persistent cache, so a second command with the same model and shapes skips
 compiling: `$BERT_JAX_COMPILE_CACHE` (default ~/.cache/bert_jax/xla; `off` turns it off).
@@ -18,7 +20,6 @@ compiling: `$BERT_JAX_COMPILE_CACHE` (default ~/.cache/bert_jax/xla; `off` turns
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +29,9 @@ import numpy as np
 
 from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.finetune import predictions as P
+from bert_jax.finetune import trained
 from bert_jax.finetune.batching import bucket_widths
+from bert_jax.finetune.checks import check_args, read_splits, read_train
 from bert_jax.finetune.init import InitError, describe, load_init
 from bert_jax.finetune.tasks import TaskError, get_task, task_names
 
@@ -91,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default="",
                    help="GLUE/pairs files: label values in index order, e.g. contradiction,entailment,neutral, or "
                         "VALUE=NAME entries mapping a file's values (e.g. 0=entailment); required for pairs, default "
-                        "the GLUE task's labels")
+                        "the GLUE task's labels; conll2003: the tags in index order (default: CoNLL-2003's nine)")
     p.add_argument("--doc_stride", type=int, default=128,
                    help="SQuAD: tokens between the starts of a long context's windows (default: %(default)s)")
     p.add_argument("--max_query_len", type=int, default=64,
@@ -142,42 +145,6 @@ def _write_json(path: str, value) -> None:
     os.replace(tmp, path)  # never a half-written file under the real name
 
 
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """A split the trained model is run on, read and featurized before any training."""
-    name: str
-    path: str  # the file, as --data_dir spells it (for messages)
-    examples: list
-    features: dict
-    labelled: bool  # scored; False: predicted only (a test set)
-
-
-def _split_path(task, data_dir: str, split: str) -> str:
-    return task.locate(data_dir, split) or os.path.join(data_dir, split)
-
-
-def _require_examples(task, examples: list, path: str, split: str) -> None:
-    if not examples:
-        raise TaskError(f"{path} has no examples; put the {task.name} {split} data in it (a header alone is empty)")
-
-
-def read_splits(task, args, tokenizer, max_len: int) -> dict[str, Split]:
-    """The task's eval splits (required) and its optional splits whose files are there (test sets), each read
-    and featurized now, so that an empty or malformed file fails before the first training step."""
-    names = task.eval_splits + tuple(s for s in task.optional_splits if task.locate(args.data_dir, s))
-    splits = {}
-    for name in names:
-        examples, path = task.read(args.data_dir, name), _split_path(task, args.data_dir, name)
-        _require_examples(task, examples, path, name)
-        labelled = task.has_labels(examples)
-        if name in task.eval_splits and not labelled:
-            raise TaskError(f"{path} has no labels; the {name} split is scored, pass a labelled file")
-        if labelled and args.max_eval_examples:
-            examples = examples[:args.max_eval_examples]
-        splits[name] = Split(name, path, examples, task.featurize(examples, tokenizer, max_len, False), labelled)
-    return splits
-
-
 def _finished(path: str, init, protocol: dict) -> dict | None:
     """The record of a setting a previous command finished with the same init and protocol, else None."""
     if not os.path.exists(path):
@@ -201,12 +168,37 @@ def publish_best_predictions(workdir: str, summary: dict, log) -> dict | None:
     return {"setting": name, "directory": target, "files": P.publish(source, target)}
 
 
+def _short(metrics) -> str:
+    if isinstance(metrics, dict):
+        return "{" + ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))) + "}"
+    return str(metrics)
+
+
+def score(task, splits: dict, result: dict, log) -> dict:
+    """A trained setting's record: each scored split's metrics after every epoch that has its outputs."""
+    from bert_jax.finetune.train import Setting
+
+    scored = {name: split for name, split in splits.items() if split.labelled}
+    epochs = [dict(record) for record in result["epochs"]]
+    for record in epochs:
+        outputs = result["outputs"].get(record["epoch"], {})
+        scores = {name: task.evaluate(s.examples, s.features, outputs[name])
+                  for name, s in scored.items() if name in outputs}
+        record.update(scores)
+        if scores:
+            log(f"{Setting(**result['setting']).name} epoch {record['epoch']}: " + ", ".join(
+                f"{name}={_short(value)}" for name, value in scores.items()))
+    return {"setting": result["setting"], "epochs": epochs, "final": {name: epochs[-1][name] for name in scored},
+            **{k: result[k] for k in ("loaded", "seconds", "steps")}}
+
+
 def run(args) -> dict:
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune.model import FineTuneModel, HeadConfig
     from bert_jax.finetune.train import Setting, run_setting
 
     log = lambda m: print(m, flush=True)  # noqa: E731
+    check_args(args)  # before loading anything
     cache = enable_compile_cache()  # before the first compile (a random init compiles)
     options = {k: getattr(args, k) for k in ("train_file", "dev_file", "test_file", "doc_stride", "max_query_len",
                                              "max_answer_len", "n_best", "null_threshold")}
@@ -225,13 +217,9 @@ def run(args) -> dict:
         raise ValueError(f"--max_seq_len {max_len} exceeds the model's max_position_embeddings "
                          f"{init.config.max_position_embeddings}; pass --max_seq_len <= it")
 
-    train_examples = task.read(args.data_dir, "train")
-    _require_examples(task, train_examples, _split_path(task, args.data_dir, "train"), "train")
-    if args.max_train_examples and args.max_train_examples < len(train_examples):
-        keep = np.sort(np.random.default_rng(0).choice(len(train_examples), args.max_train_examples, replace=False))
-        train_examples = [train_examples[i] for i in keep]
+    # Every split is read and featurized before the first step: a bad one fails now, never after training.
+    train_examples, train = read_train(task, args, tokenizer, max_len)
     splits = read_splits(task, args, tokenizer, max_len)  # 'dev' selects settings; the others are reported
-    train = task.featurize(train_examples, tokenizer, max_len, True)
     scored = {name: split for name, split in splits.items() if split.labelled}
     unlabelled = {name: split for name, split in splits.items() if not split.labelled}
     log(f"{task.name}: {len(train_examples)} train examples ({len(train['length'])} rows), " + ", ".join(
@@ -243,9 +231,6 @@ def run(args) -> dict:
                       dropout=args.dropout)
     model = FineTuneModel(init.config, head)
     widths = bucket_widths(max_len)
-    def evaluate(split, outputs):
-        return task.evaluate(scored[split].examples, scored[split].features, outputs)
-
     protocol = {"learning_rates": args.learning_rates, "seeds": args.seeds, "epochs": args.epochs,
                 "batch_size": args.batch_size, "warmup_fraction": args.warmup_fraction, "max_seq_len": max_len,
                 "variant": args.variant, "features": args.features if args.variant == "features" else None,
@@ -254,6 +239,7 @@ def run(args) -> dict:
                 "bucket_widths": list(widths)}
     if unlabelled:  # only when there are some: settings finished before test sets were predicted stay valid
         protocol["predict_examples"] = {k: len(v.examples) for k, v in unlabelled.items()}
+    stamp = trained.stamp(init.fingerprint, protocol, {k: v.features for k, v in splits.items()})
     runs, step_cache = [], {}  # every setting shares one compiled step (the learning rate is an argument)
     for lr in args.learning_rates:
         for seed in range(args.seeds):
@@ -265,18 +251,30 @@ def run(args) -> dict:
                 log(f"{setting.name}: done before, skipped")
                 runs.append(done)
                 continue
-            result = run_setting(model, init.params, train, {k: v.features for k, v in scored.items()}, evaluate,
-                                 setting, widths, eval_each_epoch=args.eval_each_epoch, log=log,
-                                 progress=args.progress, step_cache=step_cache,
-                                 predict_only={k: v.features for k, v in unlabelled.items()})
-            record = {k: result[k] for k in ("setting", "epochs", "final", "loaded", "seconds", "steps")}
-            if task.predict is not None:  # written before the record: a finished record has its predictions
-                record["predictions"] = P.write_predictions(
-                    os.path.join(args.workdir, "runs", setting.name), task,
-                    {name: (s.examples, task.predict(s.examples, s.features, result["outputs"][name]), s.labelled)
-                     for name, s in splits.items()})
-            record.update(init_fingerprint=init.fingerprint, protocol=protocol)
-            _write_json(path, record)
+            saved = trained.outputs_path(args.workdir, setting.name)
+            result = trained.load(saved, stamp, log)
+            if result is None:
+                result = run_setting(model, init.params, train, {k: v.features for k, v in splits.items()}, setting,
+                                     widths, each_epoch=list(scored) if args.eval_each_epoch else (), log=log,
+                                     progress=args.progress, step_cache=step_cache)
+                trained.save(saved, result, stamp)  # before scoring: nothing after this point can lose the training
+            else:
+                log(f"{setting.name}: trained before, scoring its saved outputs ({saved})")
+            try:
+                record = score(task, splits, result, log)
+                if task.predict is not None:  # written before the record: a finished record has its predictions
+                    outputs = result["outputs"][setting.epochs]
+                    record["predictions"] = P.write_predictions(
+                        os.path.join(args.workdir, "runs", setting.name), task,
+                        {name: (s.examples, task.predict(s.examples, s.features, outputs[name]), s.labelled)
+                         for name, s in splits.items()})
+                record.update(init_fingerprint=init.fingerprint, protocol=protocol)
+                _write_json(path, record)
+            except BaseException:
+                print(f"bert-jax finetune: {setting.name} is trained and its outputs are kept in {saved}; the same "
+                      "command run again scores them without training it again", file=sys.stderr, flush=True)
+                raise
+            os.remove(saved)  # the record and the predictions are the result now
             runs.append(record)
     summary = summarize(task, runs, describe(init), protocol)
     summary["predictions"] = publish_best_predictions(args.workdir, summary, log) if task.predict else None

@@ -16,6 +16,7 @@ import csv
 import glob
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -213,9 +214,12 @@ def read_file(path: str, columns: Columns, labels: LabelMap | None,
 def _label_value(raw: str, labels: LabelMap | None, path: str, line: int, column: str) -> int | float:
     if labels is None:  # regression (STS-B)
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
-            raise GlueFormatError(f"{path}:{line}: {column} {raw!r} is not a number; fix that row") from None
+            score = math.nan
+        if not math.isfinite(score):  # nan/inf would turn every metric into nan after training
+            raise GlueFormatError(f"{path}:{line}: {column} {raw!r} is not a finite number; fix that row")
+        return score
     if raw not in labels.index:
         raise GlueFormatError(f"{path}:{line}: {column} {raw!r} is not one of {list(labels.index)}; fix that row or "
                               "pass --labels listing every label value (VALUE=NAME maps a value onto a name)")

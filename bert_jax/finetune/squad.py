@@ -164,10 +164,10 @@ def featurize_squad(examples: Sequence[SquadExample], tokenizer, max_seq_len: in
     With `training=True`, answerable questions with no usable answer (text not at answer_start) get no rows.
     """
     if max_query_len < 1 or max_seq_len < max_query_len + 4:
-        raise SquadError(f"max_seq_len {max_seq_len} leaves no room for context after a {max_query_len}-token "
-                         "question and 3 special tokens; raise max_seq_len or lower max_query_len")
+        raise SquadError(f"--max_seq_len {max_seq_len} leaves no room for context after a {max_query_len}-token "
+                         "question and 3 special tokens; raise --max_seq_len or lower --max_query_len")
     if doc_stride < 1:
-        raise SquadError(f"doc_stride {doc_stride} must be positive; use e.g. 128 (BERT's default)")
+        raise SquadError(f"--doc_stride {doc_stride} must be positive; pass e.g. 128 (BERT's default)")
     context_index: dict[str, int] = {}
     for ex in examples:
         context_index.setdefault(ex.context, len(context_index))
@@ -266,7 +266,7 @@ def postprocess_squad(examples: Sequence[SquadExample], features: dict[str, np.n
         if not np.isfinite(arr).all():
             raise SquadError(f"{name} holds NaN or inf; the model diverged, check the learning rate / loss scaling")
     if n_best < 1 or max_answer_len < 1:
-        raise SquadError(f"n_best {n_best} and max_answer_len {max_answer_len} must be positive; use 20 and 30")
+        raise SquadError(f"--n_best {n_best} and --max_answer_len {max_answer_len} must be positive; pass 20 and 30")
     width = start.shape[1]
     if n_rows and (example_index.min() < 0 or example_index.max() >= len(examples)):
         raise SquadError(f"features name examples up to {example_index.max()} but {len(examples)} examples were "

@@ -110,6 +110,9 @@ def _pairs_task(options: dict) -> Task:
     from bert_jax.finetune.pair_files import find_columns, parse_labels, read_pair_files
 
     label_map = parse_labels(options.get("labels", ""))
+    if len(label_map.names) < 2:
+        raise TaskError(f"--labels {options.get('labels')!r} names one label; a classifier needs two or more, e.g. "
+                        "--labels no,yes")
     columns = find_columns(options.get("text_a_column", ""), options.get("text_b_column", ""),
                            options.get("label_column", ""))
 
@@ -159,7 +162,14 @@ def _squad_task(version: str, options: dict) -> Task:
     version_2 = version == "2.0"
 
     def read(data_dir, split):
-        examples, _ = squad.read_squad(_squad_file(data_dir, split, version, options))
+        path = _squad_file(data_dir, split, version, options)
+        examples, _ = squad.read_squad(path)
+        # Training rows need an answer found at its answer_start (or an unanswerable question); without one
+        # the featurizer would drop every question.
+        if split == "train" and examples and not any(
+                e.is_impossible or any(squad.answer_matches(e.context, a) for a in e.answers) for e in examples):
+            raise TaskError(f"{path} has no question whose answer text is in its context at answer_start, so "
+                            "nothing to train on; fix the answers' answer_start (or pass the train file)")
         return examples
 
     def featurize(examples, tok, max_len, training):
@@ -204,13 +214,19 @@ def _conll_task(options: dict) -> Task:
     from bert_jax.finetune.conll import CONLL2003_LABELS, featurize_tagging, read_conll, word_predictions
     from bert_jax.finetune.metrics import entity_f1
 
-    labels = tuple(options.get("labels") or CONLL2003_LABELS)
+    # --labels: the tag set in index order (comma-separated), else CoNLL-2003's nine tags
+    labels = tuple(t.strip() for t in options.get("labels", "").split(",") if t.strip()) or CONLL2003_LABELS
+    if len(labels) < 2:
+        raise TaskError(f"--labels {options['labels']!r} names one tag; list every tag in index order (e.g. "
+                        "O,B-PER,I-PER)")
 
     def read(data_dir, split):
         for name in CONLL_FILES[split]:
             path = os.path.join(data_dir, name)
             if os.path.exists(path):
-                return read_conll(path, scheme=options.get("scheme", "auto"))
+                sentences = read_conll(path, scheme=options.get("scheme", "auto"))
+                _check_tags(sentences, labels, path)
+                return sentences
         raise TaskError(f"no CoNLL {split} file in {data_dir}; expected one of {CONLL_FILES[split]}")
 
     def predict(examples, features, outputs):
@@ -226,6 +242,16 @@ def _conll_task(options: dict) -> Task:
                 evaluate=lambda examples, features, outputs: entity_f1([list(e.tags) for e in examples],
                                                                        predict(examples, features, outputs)),
                 options={**options, "labels": labels}, predict=predict, optional_splits=("test",), locate=locate)
+
+
+def _check_tags(sentences, labels: tuple[str, ...], path: str) -> None:
+    known = set(labels)
+    for sentence in sentences:
+        for i, tag in enumerate(sentence.tags):
+            if tag not in known:
+                line = f":{sentence.lines[i]}" if sentence.lines else ""
+                raise TaskError(f"{path}{line}: tag {tag!r} is not one of the labels {list(labels)}; fix that line or "
+                                "pass --labels with every tag in index order (e.g. O,B-PER,I-PER)")
 
 
 # ----------------------------------------------------------------------------------------- registry

@@ -1,15 +1,16 @@
 """One fine-tuning run: one learning rate, one seed. The protocol over settings lives in main.py.
 
 Linear: init the task model, copy the pretrained encoder (and pooler) in, AdamW with 10% linear warm-up and
-linear decay to zero, `epochs` passes over bucketed fixed-shape batches, eval on each eval split at the end
-(and after each epoch when asked). Metrics are computed on the host from outputs gathered per feature row.
+linear decay to zero, `epochs` passes over bucketed fixed-shape batches, then the trained model's outputs on
+each split (and after each epoch when asked), gathered per feature row. Metrics are computed from them on the host,
+in main.py, after they are saved.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -110,16 +111,15 @@ def gather_outputs(eval_step, params, features: Mapping[str, np.ndarray], batch_
 
 
 def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapping[str, np.ndarray],
-                evals: Mapping[str, Mapping[str, np.ndarray]],
-                evaluate: Callable[[str, dict[str, np.ndarray]], dict[str, float]], setting: Setting,
-                widths: tuple[int, ...], eval_each_epoch: bool = False, log: Callable[[str], None] = print,
-                progress: bool = False, step_cache: dict | None = None,
-                predict_only: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> dict:
-    """Train one setting; returns {'setting', 'epochs': [{'epoch', 'train_loss', <split>: metrics}], 'final':
-    {split: metrics}, 'loaded', 'seconds', 'steps', 'outputs': {split: outputs of the trained model}}.
+                splits: Mapping[str, Mapping[str, np.ndarray]], setting: Setting, widths: tuple[int, ...],
+                each_epoch: Sequence[str] = (), log: Callable[[str], None] = print, progress: bool = False,
+                step_cache: dict | None = None) -> dict:
+    """Train one setting; returns {'setting', 'epochs': [{'epoch', 'train_loss'}], 'loaded', 'seconds', 'steps',
+    'outputs': {epoch: {split: outputs}}}: the trained model's outputs on every split of `splits` after the last
+    epoch, and on the `each_epoch` splits after each earlier one.
 
-    `evals` are scored (every epoch with eval_each_epoch); `predict_only` splits (unlabelled test sets) only get
-    the trained model's outputs, once at the end."""
+    Nothing is scored here: scoring runs on the host after the outputs are saved (main.py), so that no failure
+    in it can cost the training."""
     key = jax.random.key(setting.seed)
     example = model_inputs(next(iterate_batches(train, setting.batch_size, widths)))
     fresh = model.init({"params": jax.random.fold_in(key, 0), "dropout": key}, example, deterministic=True)
@@ -134,11 +134,11 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=setting.name, leave=False)
-    start, step, history, final_outputs = time.perf_counter(), 0, [], {}
-    for epoch in range(setting.epochs):
+    start, step, history, outputs = time.perf_counter(), 0, [], {}
+    for epoch in range(1, setting.epochs + 1):
         loss_sum, count = 0.0, 0.0
         pending = []
-        for batch in iterate_batches(train, setting.batch_size, widths, shuffle_seed=setting.seed * 1009 + epoch):
+        for batch in iterate_batches(train, setting.batch_size, widths, shuffle_seed=setting.seed * 1009 + epoch - 1):
             params, opt_state, metrics = train_step(params, opt_state, model_inputs(batch),
                                                     jax.random.fold_in(key, step + 1), learning_rate)
             pending.append(metrics)  # read back lazily: no host sync inside the loop
@@ -147,30 +147,17 @@ def run_setting(model: FineTuneModel, pretrained: Mapping[str, Any], train: Mapp
                 bar.update(1)
         for m in jax.device_get(pending):
             loss_sum, count = loss_sum + float(m["loss_sum"]), count + float(m["count"])
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1.0)}
+        record = {"epoch": epoch, "train_loss": loss_sum / max(count, 1.0)}
         if not math.isfinite(record["train_loss"]):
-            raise FloatingPointError(f"{setting.name}: train loss is {record['train_loss']} in epoch {epoch + 1}; "
+            raise FloatingPointError(f"{setting.name}: train loss is {record['train_loss']} in epoch {epoch}; "
                                      "lower the learning rate")
-        last = epoch == setting.epochs - 1
-        if eval_each_epoch or last:
-            for split, feats in evals.items():
-                outputs = gather_outputs(eval_step, params, feats, setting.batch_size, widths)
-                record[split] = evaluate(split, outputs)
-                if last:
-                    final_outputs[split] = outputs
+        names = list(splits) if epoch == setting.epochs else [name for name in each_epoch if name in splits]
+        if names:
+            outputs[epoch] = {name: gather_outputs(eval_step, params, splits[name], setting.batch_size, widths)
+                              for name in names}
         history.append(record)
-        log(f"{setting.name} epoch {epoch + 1}: " + ", ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={_short(v)}" for k, v in record.items() if k != "epoch"))
+        log(f"{setting.name} epoch {epoch}: train_loss={record['train_loss']:.4f}")
     if bar is not None:
         bar.close()
-    for split, feats in (predict_only or {}).items():
-        final_outputs[split] = gather_outputs(eval_step, params, feats, setting.batch_size, widths)
-    return {"setting": dataclasses.asdict(setting), "epochs": history,
-            "final": {split: history[-1][split] for split in evals}, "loaded": dataclasses.asdict(report),
-            "seconds": time.perf_counter() - start, "steps": total, "outputs": final_outputs}
-
-
-def _short(metrics) -> str:
-    if isinstance(metrics, dict):
-        return "{" + ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))) + "}"
-    return str(metrics)
+    return {"setting": dataclasses.asdict(setting), "epochs": history, "loaded": dataclasses.asdict(report),
+            "seconds": time.perf_counter() - start, "steps": total, "outputs": outputs}

@@ -56,6 +56,8 @@ class ModelConfig:
         for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                       "max_position_embeddings", "type_vocab_size"):
             check(getattr(self, field) > 0, field, "must be positive")
+        for field in ("dropout_rate", "attention_dropout_rate"):  # 1 would drop everything: NaN at the first step
+            check(0.0 <= getattr(self, field) < 1.0, field, "must lie in [0, 1); BERT uses 0.1")
 
     @property
     def head_dim(self) -> int:

@@ -69,9 +69,11 @@ class OptimizerConfig:
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         _check(self.power > 0, "power", self.power, "> 0")
         _check(self.grad_clip_norm >= 0, "grad_clip_norm", self.grad_clip_norm, ">= 0 (0 = no clipping)")
-        _check(self.total_steps >= 1, "total_steps", self.total_steps, ">= 1")
+        # total_steps is set from train.steps (run_setup.optimizer_config): the key a user types names it.
+        if self.total_steps < 1:
+            raise OptimizerConfigError(f"train.steps={self.total_steps!r} is invalid; it must be >= 1")
         _check(0 <= self.warmup_steps <= self.total_steps, "warmup_steps", self.warmup_steps,
-               f"in [0, total_steps={self.total_steps}]")
+               f"in [0, {self.total_steps}] (train.steps)")
         _check(self.grad_accum_steps >= 1, "grad_accum_steps", self.grad_accum_steps, ">= 1")
 
     @classmethod

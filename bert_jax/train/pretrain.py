@@ -32,8 +32,8 @@ from bert_jax.train.flops import train_flops_per_step
 from bert_jax.train.metrics_writer import MetricsWriter
 from bert_jax.train.optimizer import make_optimizer
 from bert_jax.train.state import create_sharded_state, example_batch
-from bert_jax.train.run_setup import (masking_config, optimizer_config, prepare_data, read_train_manifest,
-                                     resolve_model, setup_distributed, speed_config)
+from bert_jax.train.run_setup import (check_train, masking_config, optimizer_config, prepare_data,
+                                     read_train_manifest, resolve_model, setup_distributed, speed_config)
 from bert_jax.train.step import make_eval_step, make_train_step, summarize
 from bert_jax.weights import load_weights
 
@@ -66,6 +66,7 @@ def load_init_params(path: str, abstract_params: Any, scan_layers: bool) -> Any:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # ---- objectives and data: what the run trains on decides the model's vocab and the masking
+    check_train(config)
     opt_cfg, speed = optimizer_config(config), speed_config(config)  # checked before anything starts
     setup_distributed(config)
     os.makedirs(workdir, exist_ok=True)
@@ -92,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         raise ValueError(f"train.global_batch_size={t.global_batch_size} is not divisible by the {dp} data-parallel "
                          f"devices; use a multiple of {dp}")
     if t.global_batch_size % (dp * opt_cfg.grad_accum_steps):
-        raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide into grad_accum_steps="
+        raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide into optimizer.grad_accum_steps="
                          f"{opt_cfg.grad_accum_steps} micro-batches of a multiple of {dp} rows")
     init_batch = example_batch(t.global_batch_size, seq_len, predictions)
     state, abstract, shardings = create_sharded_state(model, optimizer, init_batch, mesh, t.seed)

@@ -12,9 +12,11 @@ import ml_collections
 import numpy as np
 
 from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS
+from bert_jax.data.instances import MIN_SEQ_LEN
 from bert_jax.data.make_data import builtin_vocab_dir, prepare_builtin_dataset
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.shards import read_manifest
+from bert_jax.data.tokenizer import SPECIAL_TOKENS
 from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.train.optimizer import OptimizerConfig
@@ -34,6 +36,19 @@ def setup_distributed(config: ml_collections.ConfigDict) -> None:
     jax.distributed.initialize(**kwargs)  # no arguments: discovered automatically on TPU VMs and SLURM
 
 
+def check_train(config: ml_collections.ConfigDict) -> None:
+    """The train section's counts and choices, by the keys a user types, before anything starts."""
+    t = config.train
+    zero = {"eval_every": " (0: never)", "eval_batches": " (0: the whole eval set)",
+            "checkpoint_every": " (0: at the end and when preempted)"}
+    for key in ("steps", "global_batch_size", "log_every", "keep_checkpoints", *zero):
+        minimum = 0 if key in zero else 1
+        if t[key] < minimum:
+            raise ValueError(f"train.{key}={t[key]} is invalid; it must be >= {minimum}{zero.get(key, '')}")
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite={t.on_nonfinite!r} is unknown; choose stop or skip")
+
+
 def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, workdir: str) -> tuple[str, str]:
     """(train dir, eval dir or ''). "builtin" generates, tokenises and caches the built-in corpus."""
     data = config.data
@@ -42,6 +57,7 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
                          "--config.data.path=builtin")
     if data.path != "builtin":
         return data.path, data.eval_path
+    check_builtin_data(config, objectives)  # before generating and tokenising a corpus
     mode = data.mode or objectives.data_modes[0]
     cache = os.path.join(workdir, "data")
     docs = data.builtin_docs or DEFAULT_NUM_DOCS
@@ -60,6 +76,25 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
     eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
                                                          vocab=vocab, **kwargs)
     return train_dir, eval_dir
+
+
+def check_builtin_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet) -> None:
+    """The built-in corpus's data.* settings, named by their config keys (make-data's own errors name its flags)."""
+    data, positions = config.data, config.model.max_position_embeddings
+    if data.mode and data.mode not in objectives.data_modes:
+        raise ValueError(f"data.mode={data.mode!r} cannot feed objectives {config.objectives!r}; pass "
+                         f"--config.data.mode= one of {', '.join(objectives.data_modes)}, or leave it empty")
+    if data.seq_len < MIN_SEQ_LEN:
+        raise ValueError(f"data.seq_len={data.seq_len} is too small; pass --config.data.seq_len={MIN_SEQ_LEN} or "
+                         "more (BERT uses 128, then 512)")
+    if data.builtin_vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"data.builtin_vocab_size={data.builtin_vocab_size} is too small; pass "
+                         "--config.data.builtin_vocab_size=4096 (the default) or a few hundred at least")
+    masking_config(config, objectives)  # its data.* errors, before the corpus is made
+    ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": config.model.vocab_size or 1})  # model.* errors
+    if data.seq_len > positions:
+        raise ValueError(f"data.seq_len={data.seq_len} is more than model.max_position_embeddings={positions}; pass "
+                         f"--config.data.seq_len={positions} or less, or raise --config.model.max_position_embeddings")
 
 
 def read_train_manifest(train_dir: str, eval_dir: str) -> dict:
