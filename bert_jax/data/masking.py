@@ -63,8 +63,8 @@ class MaskingConfig:
             raise MaskingError(f"data.mask_ratio, data.random_ratio, data.keep_ratio {ratios} must be >= 0 and sum "
                                "to 1; BERT uses 0.8, 0.1, 0.1")
         if self.max_predictions is not None and self.max_predictions < 1:
-            raise MaskingError(f"data.max_predictions={self.max_predictions} must be >= 1 (or None for "
-                               "ceil(data.mask_rate * seq_len))")
+            raise MaskingError(f"data.max_predictions={self.max_predictions} must be >= 1, or 0 for "
+                               "ceil(data.mask_rate * seq_len)")
         if not 0.0 < self.span_p <= 1.0 or self.span_max_words < 1:
             raise MaskingError(f"span_p={self.span_p} must be in (0, 1] and span_max_words={self.span_max_words} >= 1")
 
