@@ -24,9 +24,9 @@ def _on_signal(signum, frame) -> None:
     if signum == signal.SIGINT:
         _sigint_seen.set()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        message = "interrupted (Ctrl-C): saving the current step, then exiting; Ctrl-C again aborts at once\n"
+        message = "interrupted (Ctrl-C): the run saves its current step and stops; Ctrl-C again aborts at once\n"
     else:
-        message = f"received {signal.Signals(signum).name}: saving the current step, then exiting\n"
+        message = f"received {signal.Signals(signum).name}: the run saves its current step and stops\n"
     _stop.set()
     os.write(2, message.encode())  # not print: a handler may run while the main thread is inside a print
 
