@@ -269,9 +269,12 @@ def test_a_dataset_moved_with_its_corpus_resumes_and_another_corpus_is_refused(t
     same command there finds the dataset complete and changes nothing; records of older versions (absolute
     paths) are read the same way; a corpus file that changed size is refused."""
     root, other = tmp_path / "a", tmp_path / "b"
-    corpus, vocab = write_corpus(root / "corpus")
-    args = lambda base: ["--input", str(base / "corpus" / "part-*.txt"), "--vocab", str(base / "corpus" / "vocab"),  # noqa: E731
-                         "--output", str(base / "out"), "--seq_len", "32", "--unit_chars", "20000"]
+    write_corpus(root / "corpus")
+
+    def args(base):
+        return ["--input", str(base / "corpus" / "part-*.txt"), "--vocab", str(base / "corpus" / "vocab"),
+                "--output", str(base / "out"), "--seq_len", "32", "--unit_chars", "20000"]
+
     assert make_data.main(args(root)) == 0
     built = json.loads((root / "out" / shards.MANIFEST).read_text())["builder_args"]["input_files"]
     assert built == [[f"part-{i}.txt", os.path.getsize(root / "corpus" / f"part-{i}.txt")] for i in range(3)]
