@@ -20,6 +20,9 @@ SUBCOMMANDS = {
     "experiment": ("bert_jax.experiments.main", "Run an ablation grid and write its tables."),
 }
 
+# Commands that turn SIGTERM and a first Ctrl-C into "save and exit 0" (bert_jax/interrupts.py).
+INTERRUPTIBLE = ("pretrain",)
+
 
 def _usage() -> str:
     lines = ["usage: bert-jax <command> [args]", "", "commands:"]
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     from bert_jax.xla_flags import add_default_xla_flags
 
     add_default_xla_flags()  # before any subcommand imports jax
+    if name in INTERRUPTIBLE:
+        from bert_jax import interrupts
+
+        interrupts.install()  # a SIGTERM or Ctrl-C while jax imports is a stop request too, not a death
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -170,8 +170,22 @@ def _from_checkpoint(source: _Source, label: str, with_params: bool) -> Weights:
                            f"complete steps {complete}")
     params, saved, manifest = read_checkpoint(str(storage_path(directory) / str(step)), with_params)
     config = model_config_from_saved(saved)
-    vocab = (manifest or {}).get("vocab_path")
+    vocab = _moved_vocab((manifest or {}).get("vocab_path"), directory)
     return Weights("workdir", source.path, config, params, vocab, None, step, saved, manifest)
+
+
+def _moved_vocab(recorded: str | None, checkpoints: str) -> str | None:
+    """The vocab path the run's data recorded; when it is gone because the workdir moved (and the built-in data
+    inside it moved along), the same file under this workdir, found by the longest tail of the recorded path."""
+    if not recorded or os.path.exists(recorded) or "://" in str(checkpoints):
+        return recorded
+    workdir = os.path.dirname(os.path.abspath(str(checkpoints)))
+    parts = [p for p in recorded.split(os.sep) if p]
+    for i in range(len(parts) - 1):  # a tail of at least a folder and the file, never a bare vocab.txt
+        candidate = os.path.join(workdir, *parts[i:])
+        if os.path.isfile(candidate):
+            return candidate
+    return recorded
 
 
 def _from_hf(directory: str, with_params: bool) -> Weights:

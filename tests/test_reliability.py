@@ -43,6 +43,8 @@ if "stop_at" in fault:
     class StopAt:
         def __call__(self, step=None):
             return step is not None and step >= fault["stop_at"]
+        def uninstall(self):
+            pass
     ckpt.install_preemption_handler = lambda *a, **k: StopAt()
 from bert_jax.cli import main
 sys.exit(main(["pretrain", *sys.argv[2:]]))
@@ -232,6 +234,9 @@ def test_resume_on_other_device_counts_and_meshes_continues_the_losses(data, com
     class StopAt4:
         def __call__(self, step=None):
             return step is not None and step >= 4
+
+        def uninstall(self):
+            pass
 
     monkeypatch.setattr(ckpt, "install_preemption_handler", lambda *a, **k: StopAt4())
     assert pretrain.run(h.load_config(h.overrides(dirs(data), mesh__fsdp=2, **common)), workdir)["step"] == 4

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from bert_jax import dirlock
 from bert_jax.data import shards
 from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, DEFAULT_VOCAB_SIZE, write_builtin_corpus
 from bert_jax.data.corpus import (FORMAT_HELP, FORMATS, CorpusError, RawDocument, ReaderOptions, expand_inputs, iter_documents,
@@ -105,6 +106,25 @@ def _read_finished(out_dir: str, unit_index: int) -> dict:
         return json.load(f)
 
 
+def input_identity(files: Sequence[str]) -> list[list]:
+    """[name, bytes] of each input file, the name relative to the folder holding them all: what the corpus is,
+    wherever it lies. Records of older versions hold absolute paths; they are read the same way, so a dataset
+    and its corpus can move (another path, another machine) and the dataset still resumes."""
+    files = [os.path.abspath(f) for f in files]
+    root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    return [[os.path.relpath(f, root), os.path.getsize(f)] for f in files]
+
+
+def _comparable(args: dict) -> dict:
+    # `sources` is how the inputs were typed (a glob relative to where make-data ran): not what they are.
+    out = {k: v for k, v in args.items() if k != "sources"}
+    entries = out.get("input_files") or []
+    if entries and all(os.path.isabs(name) for name, _ in entries):  # written by an older version
+        root = os.path.commonpath([os.path.dirname(name) for name, _ in entries])
+        out["input_files"] = [[os.path.relpath(name, root), size] for name, size in entries]
+    return out
+
+
 def _check_args(out_dir: str, args: dict) -> dict | None:
     """Refuse a directory built with other arguments; return its manifest when it is already complete."""
     manifest_path = os.path.join(out_dir, shards.MANIFEST)
@@ -119,6 +139,7 @@ def _check_args(out_dir: str, args: dict) -> dict | None:
         raise shards.DataError(f"{out_dir} holds shards of unknown origin (no {BUILD_ARGS}); pass an empty --output")
     if old is None:
         return None
+    old, args = _comparable(old), _comparable(args)
     for key in sorted(set(old) | set(args)):
         if old.get(key) != args.get(key):
             shown = lambda v: json.dumps(v)[:200]  # noqa: E731
@@ -144,8 +165,10 @@ def build_dataset(
     unit_chars: int = DEFAULT_UNIT_CHARS,
     lowercase: bool | None = None,
     log: Callable[[str], Any] = print,
+    sources: Sequence[str] | None = None,
 ) -> dict:
-    """Build (or finish, or just open) the dataset in `output_dir`; returns its manifest."""
+    """Build (or finish, or just open) the dataset in `output_dir`; returns its manifest. `sources`: how the
+    manifest names the inputs (default: `inputs` as given)."""
     config = InstanceConfig(mode=mode, seq_len=seq_len, short_seq_prob=short_seq_prob, dupe_factor=dupe_factor)
     if workers < 1 or unit_chars < 1:
         raise shards.DataError("--workers and --unit_chars must be at least 1")
@@ -157,8 +180,8 @@ def build_dataset(
         "unit_chars": unit_chars, "format": reader.format, "text_field": reader.text_field,
         "doc_boundary": reader.doc_boundary, "max_line_bytes": reader.max_line_bytes,
         "max_doc_chars": reader.max_doc_chars, "vocab_fingerprint": tokenizer.fingerprint,
-        "lowercase": tokenizer.lowercase, "sources": list(inputs),
-        "input_files": [[os.path.abspath(f), os.path.getsize(f)] for f in files],
+        "lowercase": tokenizer.lowercase, "sources": list(sources or inputs),
+        "input_files": input_identity(files),
     }
     done = _check_args(output_dir, args)
     if done is not None:
@@ -299,6 +322,12 @@ def builtin_vocab_dir(work_dir: str, vocab_size: int | None = None, num_docs: in
     return os.path.join(work_dir, f"vocab-v{vocab_size or DEFAULT_VOCAB_SIZE}-docs{num_docs}-seed{seed}")
 
 
+def _path_in(path: str, work_dir: str) -> str:
+    """`path` relative to `work_dir` when it lies inside (the cache moves with its workdir), else absolute."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(work_dir))
+    return os.path.abspath(path) if rel.split(os.sep)[0] == os.pardir else rel
+
+
 def prepare_builtin_dataset(
     work_dir: str,
     mode: str = "segment-pair",
@@ -319,7 +348,8 @@ def prepare_builtin_dataset(
     Returns the dataset directory (default: under `work_dir`, named after the arguments)."""
     vocab_size = vocab_size or DEFAULT_VOCAB_SIZE
     key = {"mode": mode, "seq_len": seq_len, "vocab_size": vocab_size, "seed": seed, "num_docs": num_docs,
-           "vocab": vocab and os.path.abspath(vocab), "short_seq_prob": short_seq_prob, "dupe_factor": dupe_factor}
+           "vocab": vocab and _path_in(vocab, work_dir), "short_seq_prob": short_seq_prob,
+           "dupe_factor": dupe_factor}
     dataset_dir = dataset_dir or os.path.join(
         work_dir, f"builtin-{mode}-len{seq_len}-v{vocab_size}-docs{num_docs}-seed{seed}")
     key_file = os.path.join(dataset_dir, "builtin.json")
@@ -334,7 +364,8 @@ def prepare_builtin_dataset(
             sentences = (s for doc in iter_documents(files) for s in doc)
             save_vocab(vocab, train_wordpiece(sentences, vocab_size, lowercase=True), lowercase=True)
     build_dataset(files, dataset_dir, vocab, mode=mode, seq_len=seq_len, seed=seed, workers=workers,
-                  short_seq_prob=short_seq_prob, dupe_factor=dupe_factor, log=log)
+                  short_seq_prob=short_seq_prob, dupe_factor=dupe_factor, log=log,
+                  sources=[f"builtin:{os.path.basename(os.path.dirname(files[0]))}"])
     shards.write_json_atomic(key_file, key)
     return dataset_dir
 
@@ -379,6 +410,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    try:  # one writer per dataset: a second make-data on this --output stops here, having changed nothing
+        lock = dirlock.acquire(a.output, "--output", "bert-jax make-data")
+    except dirlock.DirectoryInUse as e:
+        print(f"make-data: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _main(a)
+    finally:
+        dirlock.release(lock)
+
+
+def _main(a: argparse.Namespace) -> int:
     try:
         if a.input == ["builtin"]:
             prepare_builtin_dataset(

@@ -10,6 +10,7 @@ Grids: table5, table6, figure5, table8, roberta. Everything is restartable: reru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -187,9 +188,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from bert_jax.experiments.runner import Preempted
 
-    try:
-        return run_cpu_grids(args)
-    except ExperimentDataError as e:
+    from bert_jax import dirlock
+
+    try:  # one writer per --workdir; a dry run writes nothing
+        lock = contextlib.nullcontext() if args.dry_run else dirlock.hold(args.workdir, "--workdir",
+                                                                          "bert-jax experiment")
+        with lock:
+            return run_cpu_grids(args)
+    except (ExperimentDataError, dirlock.DirectoryInUse) as e:
         print(f"bert-jax experiment: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Preempted as e:  # as pretrain does: a preempted job saved its state and exits 0; rerun to resume

@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from bert_jax import dirlock
 from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.finetune import predictions as P
 from bert_jax.finetune import trained
@@ -193,6 +194,12 @@ def score(task, splits: dict, result: dict, log) -> dict:
 
 
 def run(args) -> dict:
+    """Fine-tune as `args` say (see `parser`); one writer per --workdir (a second one fails at once)."""
+    with dirlock.hold(args.workdir, "--workdir", "bert-jax finetune"):
+        return _run(args)
+
+
+def _run(args) -> dict:
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune.model import FineTuneModel, HeadConfig
     from bert_jax.finetune.train import Setting, run_setting

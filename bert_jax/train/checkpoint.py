@@ -31,14 +31,13 @@ import dataclasses
 import errno
 import json
 import logging
-import signal
-import threading
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 
+from bert_jax import interrupts
 # The layout's read side (which steps are complete) sits below train/, with the weight loader that reads it;
 # COMMIT_MARKER and ITEM_NAMES are re-exported for those who write or inspect the layout here.
 from bert_jax.weights import (COMMIT_MARKER, ITEM_NAMES, complete_steps, incomplete_reason,  # noqa: F401
@@ -351,39 +350,29 @@ def _fmt(value: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PreemptionFlag:
-    """Callable: `flag(step=None) -> bool`, True once a preemption signal arrived (then save and exit 0).
+    """Callable: `flag(step=None) -> bool`, True once a stop signal arrived (then save and exit 0).
 
-    Multi-host runs (jax.process_count() > 1) do not install a Python handler, which would replace
-    the one of JAX's preemption sync service; there `flag(step)` asks orbax's `reached_preemption(step)`,
-    which is True on every host at the same step. Call it with the current step on every host.
+    Single-process runs: SIGTERM or a first Ctrl-C (`bert_jax.interrupts`). Multi-host runs (jax.process_count()
+    > 1) install no Python handler, which would replace the one of JAX's preemption sync service; there
+    `flag(step)` asks orbax's `reached_preemption(step)`, which is True on every host at the same step (call it
+    with the current step on every host), and `flag()` without a step is False.
     """
-    _event: threading.Event
-    _previous: tuple = ()
+    _restore: Callable[[], None] = lambda: None  # noqa: E731
 
     def __call__(self, step: int | None = None) -> bool:
-        if self._event.is_set():
-            return True
-        if step is not None and jax.process_count() > 1:
-            return bool(ocp.multihost.reached_preemption(step))
-        return False
+        if jax.process_count() > 1:
+            return step is not None and bool(ocp.multihost.reached_preemption(step))
+        return interrupts.requested()
 
     def uninstall(self) -> None:
-        """Put back the handlers that were installed before."""
-        for signum, handler in self._previous:
-            signal.signal(signum, handler)
+        """Put back the handlers that were installed before, and forget a stop that was handled."""
+        self._restore()
+        interrupts.clear()
 
 
-def install_preemption_handler(signals: Sequence[int] = (signal.SIGTERM,)) -> PreemptionFlag:
-    """Install handlers that only set a flag (the train loop checks it, saves and exits 0)."""
-    event = threading.Event()
-    previous = []
-    if jax.process_count() == 1:
-        def handler(signum, frame):
-            del frame
-            log.warning("received signal %d: the run will save a checkpoint and stop", signum)
-            event.set()
-
-        for signum in signals:
-            previous.append((signum, signal.signal(signum, handler)))
-    return PreemptionFlag(_event=event, _previous=tuple(previous))
-
+def install_preemption_handler(signals: Sequence[int] = interrupts.STOP_SIGNALS) -> PreemptionFlag:
+    """Make SIGTERM and SIGINT stop requests that the train loop checks (it saves and exits 0); a second SIGINT
+    aborts at once. Multi-host: nothing is installed (see PreemptionFlag)."""
+    if jax.process_count() > 1:
+        return PreemptionFlag()
+    return PreemptionFlag(_restore=interrupts.install(signals))

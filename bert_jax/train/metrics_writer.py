@@ -1,4 +1,9 @@
-"""Metrics to the workdir: one JSON line per record, and TensorBoard scalars (no TensorFlow needed)."""
+"""Metrics to the workdir: one JSON line per record, and TensorBoard scalars (no TensorFlow needed).
+
+metrics.jsonl holds each step once. A run resumed from step S trains the steps after S again (an earlier attempt
+may have logged some of them before it died), so opening it for step S first drops every line of a step after S,
+eval lines included, and a torn last line; the replayed steps then log their lines anew.
+"""
 from __future__ import annotations
 
 import json
@@ -8,13 +13,43 @@ import time
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+METRICS_FILE = "metrics.jsonl"
+
+
+def drop_steps_after(path: str, step: int) -> int:
+    """Rewrite `path` without the lines of steps after `step` (atomically); returns how many lines went."""
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                keep = line.endswith("\n") and int(json.loads(line)["step"]) <= step
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
 
 class MetricsWriter:
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+        """`resume_step`: the step a run starts from (0: from scratch); lines of later steps are dropped, as they
+        will be logged again. None keeps every line."""
         self.enabled = enabled
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, METRICS_FILE)
+            if resume_step is not None:
+                drop_steps_after(path, resume_step)
+            self._jsonl = open(path, "a")
             self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:

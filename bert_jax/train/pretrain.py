@@ -7,6 +7,7 @@ Resumes automatically from the newest complete checkpoint in `<workdir>/checkpoi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -17,8 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from bert_jax import configlib
+from bert_jax import configlib, dirlock
 from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.data.masking import num_predictions
 from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
@@ -65,13 +67,60 @@ def load_init_params(path: str, abstract_params: Any, scan_layers: bool) -> Any:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    # ---- objectives and data: what the run trains on decides the model's vocab and the masking
+    """Train (or resume) the run in `workdir`; returns the last step's metrics. A stop signal (SIGTERM, Ctrl-C)
+    makes it save the current step and return; during start-up it returns before training anything."""
     check_train(config)
     opt_cfg, speed = optimizer_config(config), speed_config(config)  # checked before anything starts
     setup_distributed(config)
+    # Signals caught from here on are stop requests (the CLI installed the same handlers before importing jax).
+    preempted = ckpt.install_preemption_handler()
+    try:
+        with _workdir_lock(workdir):
+            return _run(config, workdir, opt_cfg, speed, preempted)
+    finally:
+        preempted.uninstall()
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+    """One writer per workdir. Process 0 holds the lock for every process of the run (they share the workdir);
+    all learn whether it got it, or the others would wait for process 0 in their first collective."""
+    fd, error = None, None
+    if jax.process_index() == 0:
+        try:
+            fd = dirlock.acquire(workdir, "--workdir", "bert-jax pretrain")
+        except dirlock.DirectoryInUse as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        ok = np.asarray(multihost_utils.process_allgather(np.array([error is None], np.int32))).ravel()
+        if error is None and not ok.all():
+            error = dirlock.DirectoryInUse(f"--workdir {workdir} is in use by another writer (process 0's log names "
+                                           "it); wait for it to finish or pass another --workdir")
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        dirlock.release(fd)
+
+
+def _stopped_before_training(workdir: str) -> dict[str, float]:
+    done = ckpt.complete_steps(os.path.join(workdir, "checkpoints"))
+    _say(f"stopped by signal before training: nothing new to save (newest checkpoint: "
+         f"{'step ' + str(done[-1]) if done else 'none'}); start again to resume")
+    return {"step": float(done[-1] if done else 0)}
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, opt_cfg, speed, preempted) -> dict[str, float]:
+    # ---- objectives and data: what the run trains on decides the model's vocab and the masking
     os.makedirs(workdir, exist_ok=True)
+    if preempted():
+        return _stopped_before_training(workdir)
     objectives = ObjectiveSet.parse(config.objectives, config.objective_options.to_dict())
     train_dir, eval_dir = prepare_data(config, objectives, workdir)
+    if preempted():  # building the data can take a while
+        return _stopped_before_training(workdir)
     manifest = read_train_manifest(train_dir, eval_dir)
     if manifest["mode"] not in objectives.data_modes:
         raise ValueError(f"data {train_dir} was built in mode {manifest['mode']!r}, objectives {config.objectives!r} "
@@ -158,11 +207,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         return add_perplexities(summarize(totals))
 
     # ---- the loop: step, log one step late, evaluate, checkpoint, stop on preemption
-    writer = MetricsWriter(workdir, enabled=process_index == 0)
-    preempted = ckpt.install_preemption_handler()
+    if preempted():  # before the first step (the loop would train one more)
+        return _stopped_before_training(workdir)
+    start = int(jax.device_get(strategy.read(state).step))
+    # Steps after `start` that an earlier attempt logged are trained again: their old lines go.
+    writer = MetricsWriter(workdir, enabled=process_index == 0, resume_step=start)
     flops = train_flops_per_step(model_cfg, t.global_batch_size, seq_len, predictions,
                                  final_layer_positions(objectives.objectives, init_batch, speed))
-    start = int(jax.device_get(strategy.read(state).step))
     tokens_per_step = t.global_batch_size * seq_len
     progress = None
     if t.progress_bar and process_index == 0:
@@ -177,8 +228,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     last: dict[str, float] = {}
     pending = None  # metrics of the previous step, fetched one step late so the host never stalls the device
     window_start, window_steps = time.perf_counter(), 0
+    skipped = 0
 
-    def flush(pending_step, metrics) -> None:
+    def flush(pending_step, metrics) -> dict[str, float]:
         nonlocal last
         host = strategy.metrics(metrics)
         if float(host["nonfinite"]) > 0:
@@ -193,8 +245,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         last = summary
         return summary
 
+    def log_step(pending_step: int, metrics, in_flight: int, always: bool) -> None:
+        """Fetch one step's metrics (each step once) and write its line if it is due. `in_flight`: steps dispatched
+        after it, whose time belongs to the next window."""
+        nonlocal skipped, window_start, window_steps
+        summary = flush(pending_step, metrics)
+        skipped += int(summary["nonfinite"])
+        summary["skipped_steps"] = float(skipped)
+        if not (always or pending_step % t.log_every == 0 or pending_step == t.steps):
+            return
+        done, elapsed = window_steps - in_flight, time.perf_counter() - window_start
+        rate = tokens_per_step * done / max(elapsed, 1e-9)
+        summary.update(tokens_per_second=rate, step_time=elapsed / max(done, 1))
+        if t.peak_tflops:
+            summary["mfu"] = flops * done / max(elapsed, 1e-9) / (t.peak_tflops * 1e12 * jax.device_count())
+        writer.write(pending_step, summary)
+        if progress is not None:
+            progress.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=f"{rate:,.0f}")
+        window_start, window_steps = time.perf_counter(), in_flight
+
     step = start
-    skipped = 0
     try:
         while step < t.steps:
             batch = next(train_iter)
@@ -202,20 +272,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             step += 1
             window_steps += 1
             if pending is not None:
-                summary = flush(*pending)
-                skipped += int(summary["nonfinite"])
-                if pending[0] % t.log_every == 0 or pending[0] == t.steps:
-                    elapsed = time.perf_counter() - window_start
-                    rate = tokens_per_step * (window_steps - 1) / max(elapsed, 1e-9)
-                    summary.update(tokens_per_second=rate, step_time=elapsed / max(window_steps - 1, 1),
-                                   skipped_steps=float(skipped))
-                    if t.peak_tflops:
-                        summary["mfu"] = flops * (window_steps - 1) / max(elapsed, 1e-9) / (
-                            t.peak_tflops * 1e12 * jax.device_count())
-                    writer.write(pending[0], summary)
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=f"{rate:,.0f}")
-                    window_start, window_steps = time.perf_counter(), 1
+                log_step(*pending, in_flight=1, always=False)
             pending = (step, metrics)
             if progress is not None:
                 progress.update(1)
@@ -224,18 +281,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 if eval_metrics:
                     writer.write(step, eval_metrics, prefix="eval")
                     _say(f"step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
-            if ckpt.should_save(step, every=t.checkpoint_every, total_steps=t.steps, preempted=preempted(step)):
-                if t.on_nonfinite != "skip":
-                    flush(*pending)  # unguarded updates: a non-finite step raises here, before its state is saved
+            stop = preempted(step)
+            if ckpt.should_save(step, every=t.checkpoint_every, total_steps=t.steps, preempted=stop):
+                # The step's line goes out before its checkpoint, so a resume from it never lacks that line; and a
+                # non-finite step raises here (stop mode), before its state is saved.
+                log_step(*pending, in_flight=0, always=stop)
+                pending = None
                 save(step, state)
-            if preempted(step):
+            if stop:
                 _say(f"preempted: saved step {step}, exiting")
                 break
         if pending is not None:
-            flush(*pending)
-            skipped += int(last["nonfinite"])
-            last["skipped_steps"] = float(skipped)
-            writer.write(pending[0], last)
+            log_step(*pending, in_flight=0, always=True)
     finally:
         ckpt.wait_for_saves(manager)
         writer.close()

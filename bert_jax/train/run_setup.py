@@ -11,11 +11,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from bert_jax import interrupts
 from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS
 from bert_jax.data.instances import MIN_SEQ_LEN
 from bert_jax.data.make_data import builtin_vocab_dir, prepare_builtin_dataset
 from bert_jax.data.masking import MaskingConfig
-from bert_jax.data.shards import read_manifest
+from bert_jax.data.shards import DataError, read_manifest
 from bert_jax.data.tokenizer import SPECIAL_TOKENS
 from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.objectives.base import ObjectiveSet
@@ -26,6 +27,9 @@ def setup_distributed(config: ml_collections.ConfigDict) -> None:
     d = config.distributed
     if not d.enabled:
         return
+    # JAX's preemption service takes SIGTERM on every host and agrees on the step to stop at; a local stop flag
+    # (bert_jax.interrupts, installed by the CLI) would stop one host while the others wait in a collective.
+    interrupts.reset()
     kwargs = {}
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or d.coordinator_address.startswith("127."):
         # CPU processes need a collectives backend to form one job (tests, laptops).
@@ -63,11 +67,15 @@ def prepare_data(config: ml_collections.ConfigDict, objectives: ObjectiveSet, wo
     docs = data.builtin_docs or DEFAULT_NUM_DOCS
     kwargs = dict(mode=mode, seq_len=data.seq_len, vocab_size=data.builtin_vocab_size, log=lambda m: None)
     if jax.process_index() == 0:
-        train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=docs, **kwargs)
-        # Held out: documents of another seed, tokenised with the training vocab.
-        vocab = builtin_vocab_dir(cache, data.builtin_vocab_size, docs, 0)
-        eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
-                                                             vocab=vocab, **kwargs)
+        try:
+            train_dir = prepare_builtin_dataset(cache, seed=0, num_docs=docs, **kwargs)
+            # Held out: documents of another seed, tokenised with the training vocab.
+            vocab = builtin_vocab_dir(cache, data.builtin_vocab_size, docs, 0)
+            eval_dir = data.eval_path or prepare_builtin_dataset(cache, seed=1, num_docs=max(docs // 20, 200),
+                                                                 vocab=vocab, **kwargs)
+        except DataError as e:  # its fix names make-data's flags; this run's are --workdir and data.*
+            raise ValueError(f"data.path=builtin: the built-in data cached under --workdir {workdir} does not match "
+                             f"this run ({str(e).split('; ')[0]}); delete {cache} or pass another --workdir") from e
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("builtin data ready")
