@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 
+from bert_jax import outputs
 from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.finetune import predictions as P
 from bert_jax.finetune.batching import bucket_widths
@@ -137,9 +138,11 @@ def summarize(task, runs: list[dict], init_info: dict, protocol: dict) -> dict:
 
 def _write_json(path: str, value) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1, default=float)
-    os.replace(tmp, path)  # never a half-written file under the real name
+    with outputs.write_errors_as_one_line(f"writing {path}", "settings finished before it are kept (a rerun skips "
+                                                             "them)"):
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=1, default=float)
+        os.replace(tmp, path)  # never a half-written file under the real name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +210,7 @@ def run(args) -> dict:
     from bert_jax.finetune.train import Setting, run_setting
 
     log = lambda m: print(m, flush=True)  # noqa: E731
+    outputs.writable_directory(args.workdir, "--workdir")  # read-only, a file, ...: one line before any work
     cache = enable_compile_cache()  # before the first compile (a random init compiles)
     options = {k: getattr(args, k) for k in ("train_file", "dev_file", "test_file", "doc_stride", "max_query_len",
                                              "max_answer_len", "n_best", "null_threshold")}
@@ -295,7 +299,13 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (InitError, TaskError, ValueError, FileNotFoundError) as e:
         print(f"bert-jax finetune: {e}", file=sys.stderr)
-        return 2
+        return outputs.EXIT_BAD_INPUT
+    except outputs.WriteError as e:  # e.g. a full disk: finished settings are kept
+        print(f"bert-jax finetune: {e}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED
+    except OSError as e:  # another file it could not read or write (predictions, ...)
+        print(f"bert-jax finetune: {e.filename}: {outputs.reason(e)}; {outputs.fix(e)}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED if outputs.is_disk_full(e) else outputs.EXIT_BAD_INPUT
     return 0
 
 

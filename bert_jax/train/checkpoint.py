@@ -5,11 +5,13 @@ Layout of a run's checkpoint directory:
         state/      train-state pytree (params, opt_state, step, rng), sharded arrays via StandardSave
         data_iter/  data-iterator state (JSON)      config/    resolved config (JSON)
         manifest/   data manifest (JSON)            commit_success.txt   written last: the commit marker
+        checksums.json   sha256 of every file above, written right before the marker (bert_jax/train/commit.py)
     <directory>/<step>.orbax-checkpoint-tmp        a save in progress (renamed to <step> when done)
     <directory>/quarantine/<name>.<unix time>      incomplete or corrupt saves set aside on resume
 
-Completeness: a step is complete when its directory carries the commit marker and restores. A save in
-progress, one a crash interrupted, or one whose files are damaged is never read as complete:
+Completeness: a step is complete when its directory carries the commit marker, every file matches checksums.json
+and it restores. A save in progress, one a crash interrupted, or one whose files are damaged (truncated, or a bit
+flipped that leaves them readable) is never read as complete:
 `restore_latest` skips it with a warning naming it and falls back to the previous one. Skipped steps
 (and stale tmp directories) are *moved* to quarantine/, never deleted, so a resumed run can save that
 step again and the evidence stays for inspection; the only deletions are orbax's keep-last-N/best-N
@@ -28,7 +30,6 @@ What makes a step complete, and reading a finished checkpoint's params outside a
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import signal
@@ -37,12 +38,15 @@ import time
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from bert_jax.outputs import is_disk_full
+from bert_jax.train.commit import temporary_path_class
 # The layout's read side (which steps are complete) sits below train/, with the weight loader that reads it;
 # COMMIT_MARKER and ITEM_NAMES are re-exported for those who write or inspect the layout here.
-from bert_jax.weights import (COMMIT_MARKER, ITEM_NAMES, complete_steps, incomplete_reason,  # noqa: F401
-                              list_children, step_directories, storage_path)
+from bert_jax.weights import (COMMIT_MARKER, ITEM_NAMES, checksum_problem, complete_steps,  # noqa: F401
+                              has_checksums, incomplete_reason, list_children, step_directories, storage_path)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,8 @@ def open_manager(directory: str, *, keep_last: int = 3, keep_best: int = 0, best
         # best_fn only makes orbax record metrics; which steps survive is the preservation policy.
         best_fn=best_fn, best_mode=best_mode,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=False, create=True)
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=False, create=True,
+        temporary_path_class=temporary_path_class(directory))  # checksums.json is committed with the marker
     # Handlers named up front so a fresh manager can read metadata before anything was saved.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(), "manifest": ocp.JsonCheckpointHandler()}
@@ -146,7 +151,7 @@ def _save_error(manager: ocp.CheckpointManager, error: BaseException, step: int 
         manager.close()
     except Exception:  # noqa: BLE001 -- the same failure again; the first one is being reported
         pass
-    if _is_disk_full(error):
+    if is_disk_full(error):
         reason = "no space left on device"
     else:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -160,18 +165,6 @@ def _save_error(manager: ocp.CheckpointManager, error: BaseException, step: int 
             else "no complete checkpoint exists yet")
     return CheckpointSaveError(f"saving checkpoint {what} in {directory} failed: {reason}{left}; {kept}; "
                                f"free space or fix the cause, then resume")
-
-
-def _is_disk_full(error: BaseException | None) -> bool:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(error) or "ENOSPC" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 # ------------------------------------------------------------------------------------------ restore
@@ -223,7 +216,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     candidates = step_directories(directory)
     skipped = []
     for step, path in reversed(candidates):
-        reason = incomplete_reason(path)
+        reason = incomplete_reason(path) or _verify(path)
         if reason is None:
             try:
                 restored = restore_checkpoint(manager, step, target)
@@ -241,6 +234,27 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     if skipped:
         raise CorruptCheckpointError(f"no complete checkpoint in {directory}; skipped: {'; '.join(skipped)}. "
                                      f"They were moved to {storage_path(directory) / QUARANTINE_DIR}")
+    return None
+
+
+def _verify(path: str) -> str | None:
+    """Why step `path` fails its checksums, agreed by every process: each reads a share of the files."""
+    reason = checksum_problem(path, (jax.process_index(), jax.process_count()))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        failed = np.asarray(multihost_utils.process_allgather(np.int32(reason is not None)))
+        if failed.any() and reason is None:
+            reason = f"damaged: process {int(np.argmax(failed))} found a file that does not match its checksum"
+    if reason is None and not has_checksums(path):
+        log.warning("checkpoint %s was written before checkpoints carried checksums; restored unverified", path)
+    return reason
+
+
+def last_verified_step(directory: str) -> int | None:
+    """The newest complete step whose files all match their checksums (never one written without them)."""
+    for step, path in reversed(step_directories(directory)):
+        if incomplete_reason(path) is None and has_checksums(path) and checksum_problem(path) is None:
+            return step
     return None
 
 
