@@ -19,7 +19,7 @@ KEPT = "checkpoints already written are unaffected (the next run resumes from th
 
 class MetricsWriter:
     def __init__(self, workdir: str, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled, self._failed = enabled, False
         self._what = f"writing the metrics to {os.path.join(workdir, 'metrics.jsonl')}"
         if enabled:
             with write_errors_as_one_line(self._what, KEPT):
@@ -32,17 +32,24 @@ class MetricsWriter:
             return
         record = {"step": int(step), "split": prefix, "time": time.time(), **metrics}
         values = [summary_pb2.Summary.Value(tag=f"{prefix}/{k}", simple_value=float(v)) for k, v in metrics.items()]
+        self._failed = True  # until the write is through: close() must not hide the error with another
         with write_errors_as_one_line(self._what, KEPT):
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
             self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                                summary=summary_pb2.Summary(value=values)))
             self._tb.flush()
+        self._failed = False
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             with write_errors_as_one_line(self._what, KEPT):
                 try:
                     self._jsonl.close()
                 finally:
                     self._tb.close()
+        except Exception:  # noqa: BLE001
+            if not self._failed:
+                raise
