@@ -85,10 +85,14 @@ def _probe(directory: str) -> OSError | None:
     """Create `directory` (and its parents) if needed and write and remove a file in it; the error, if any."""
     try:
         os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        return e
+    try:
         fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=directory)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
+        e.filename = directory  # the directory refused, not the probe's random name
         return e
     return None
 
@@ -182,8 +186,6 @@ def library_output_to(log_path: str, own_loggers: str = "bert_jax") -> Iterator[
     try:
         yield to_terminal
     finally:
-        for stream in (log, to_terminal):
-            stream.flush()
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
         sys.stderr = terminal
@@ -191,6 +193,14 @@ def library_output_to(log_path: str, own_loggers: str = "bert_jax") -> Iterator[
             root.removeHandler(handler)
         for handler in replaced:
             root.addHandler(handler)
-        if to_terminal is not terminal:
-            to_terminal.close()
-        log.close()
+        for stream in (to_terminal, log):
+            if stream is not terminal:
+                _close_quietly(stream)
+
+
+def _close_quietly(stream: TextIO) -> None:
+    # The log may sit on the disk that just filled up: what it could not take is lost, the command's exit stands.
+    try:
+        stream.close()
+    except (OSError, ValueError):
+        pass

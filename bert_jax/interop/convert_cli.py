@@ -36,9 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _from_hf(args) -> str:
+    outputs.writable_file(args.to, "--to")
     if os.path.exists(args.to) and not args.force:
         raise ParamsFileError(f"--to {args.to!r} exists; pass --force to overwrite it")
-    outputs.writable_file(args.to, "--to")
     config, params = load_hf_checkpoint(args.from_hf, heads=args.heads, seed=args.seed, scan_layers=args.scan_layers)
     with outputs.write_errors_as_one_line(f"writing --to {args.to}", _KEPT):
         save_params(args.to, config, params)
