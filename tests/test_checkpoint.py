@@ -452,3 +452,47 @@ def test_only_a_step_whose_checksums_match_is_called_verified(tmp_path, caplog):
     assert f"{os.path.join(directory, '3')} (damaged: checksums.json is unreadable" in caplog.text
     assert f"checkpoint {os.path.join(directory, '2')} was written before checkpoints carried checksums" in caplog.text
     assert sorted(n.split(".")[0] for n in os.listdir(os.path.join(directory, ckpt.QUARANTINE_DIR))) == ["3", "4"]
+
+
+TWO_PROCESS_RESTORE = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from bert_jax.train import checkpoint as ckpt
+mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+target = {"w": jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=NamedSharding(mesh, P("data")))}
+restored = ckpt.restore_latest(ckpt.open_manager(sys.argv[1]), target)
+print("restored", restored.step, flush=True)
+"""
+
+
+def test_two_processes_verify_a_step_together_and_agree(tmp_path):
+    """Each of two processes checks half the files of a step: a damaged file in process 1's half makes both skip
+    the step and restore the previous one (process 0, which alone moves it to quarantine/, only learns of it from
+    process 1)."""
+    import json
+
+    import _pretrain_helpers as h
+
+    directory = str(tmp_path / "ckpt")
+    manager = ckpt.open_manager(directory, async_save=False)
+    rng = np.random.default_rng(0)
+    for step in (1, 2):
+        w = jax.device_put(rng.normal(size=(64, 256)).astype(np.float32), NamedSharding(mesh_of(8), P("data")))
+        ckpt.save_checkpoint(manager, step, state={"w": w}, data_iter={}, config={}, manifest={})
+    with open(os.path.join(directory, "2", "checksums.json")) as f:
+        second = sorted(json.load(f)["files"])[1]  # process 1 of 2 checks files 1, 3, 5, ...
+    flip_bytes(os.path.join(directory, "2", second), count=8)
+    address = f"127.0.0.1:{h.free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_RESTORE, directory, address, str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=h.cli_env(4))
+             for i in range(2)]
+    outs = [proc.communicate(timeout=h.SUBPROCESS_TIMEOUT)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(outs)
+    assert all("restored 1" in out for out in outs), "\n".join(outs)
+    assert f"{second} does not match its checksum" in outs[1]
+    assert "damaged or incomplete on process 1" in outs[0]
+    assert [n.split(".")[0] for n in os.listdir(os.path.join(directory, ckpt.QUARANTINE_DIR))] == ["2"]

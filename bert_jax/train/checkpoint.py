@@ -216,7 +216,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     candidates = step_directories(directory)
     skipped = []
     for step, path in reversed(candidates):
-        reason = incomplete_reason(path) or _verify(path)
+        reason = _unusable(path)
         if reason is None:
             try:
                 restored = restore_checkpoint(manager, step, target)
@@ -237,14 +237,15 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     return None
 
 
-def _verify(path: str) -> str | None:
-    """Why step `path` fails its checksums, agreed by every process: each reads a share of the files."""
-    reason = checksum_problem(path, (jax.process_index(), jax.process_count()))
+def _unusable(path: str) -> str | None:
+    """Why step `path` cannot be restored (no commit marker, an item missing, a file that fails its checksum), agreed
+    by every process: each reads a share of the files, and each calls the one collective for every step."""
+    reason = incomplete_reason(path) or checksum_problem(path, (jax.process_index(), jax.process_count()))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         failed = np.asarray(multihost_utils.process_allgather(np.int32(reason is not None)))
         if failed.any() and reason is None:
-            reason = f"damaged: process {int(np.argmax(failed))} found a file that does not match its checksum"
+            reason = f"damaged or incomplete on process {int(np.argmax(failed))} (its log says which file)"
     if reason is None and not has_checksums(path):
         log.warning("checkpoint %s was written before checkpoints carried checksums; restored unverified", path)
     return reason
