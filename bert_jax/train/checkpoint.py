@@ -5,7 +5,7 @@ Layout of a run's checkpoint directory:
         state/      train-state pytree (params, opt_state, step, rng), sharded arrays via StandardSave
         data_iter/  data-iterator state (JSON)      config/    resolved config (JSON)
         manifest/   data manifest (JSON)            commit_success.txt   written last: the commit marker
-        checksums.json   sha256 of every file above, written right before the marker (bert_jax/train/commit.py)
+        checksums.json   sha256 of each file above, written right before the marker (bert_jax/train/commit.py)
     <directory>/<step>.orbax-checkpoint-tmp        a save in progress (renamed to <step> when done)
     <directory>/quarantine/<name>.<unix time>      incomplete or corrupt saves set aside on resume
 
@@ -38,15 +38,14 @@ import time
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from bert_jax.outputs import is_disk_full
-from bert_jax.train.commit import temporary_path_class
+from bert_jax.train.commit import last_verified_step, temporary_path_class, unusable_reason  # noqa: F401
 # The layout's read side (which steps are complete) sits below train/, with the weight loader that reads it;
 # COMMIT_MARKER and ITEM_NAMES are re-exported for those who write or inspect the layout here.
-from bert_jax.weights import (COMMIT_MARKER, ITEM_NAMES, checksum_problem, complete_steps,  # noqa: F401
-                              has_checksums, incomplete_reason, list_children, step_directories, storage_path)
+from bert_jax.weights import (COMMIT_MARKER, ITEM_NAMES, complete_steps, incomplete_reason,  # noqa: F401
+                              list_children, step_directories, storage_path)
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     candidates = step_directories(directory)
     skipped = []
     for step, path in reversed(candidates):
-        reason = _unusable(path)
+        reason = unusable_reason(path)
         if reason is None:
             try:
                 restored = restore_checkpoint(manager, step, target)
@@ -234,28 +233,6 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     if skipped:
         raise CorruptCheckpointError(f"no complete checkpoint in {directory}; skipped: {'; '.join(skipped)}. "
                                      f"They were moved to {storage_path(directory) / QUARANTINE_DIR}")
-    return None
-
-
-def _unusable(path: str) -> str | None:
-    """Why step `path` cannot be restored (no commit marker, an item missing, a file that fails its checksum), agreed
-    by every process: each reads a share of the files, and each calls the one collective for every step."""
-    reason = incomplete_reason(path) or checksum_problem(path, (jax.process_index(), jax.process_count()))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        failed = np.asarray(multihost_utils.process_allgather(np.int32(reason is not None)))
-        if failed.any() and reason is None:
-            reason = f"damaged or incomplete on process {int(np.argmax(failed))} (its log says which file)"
-    if reason is None and not has_checksums(path):
-        log.warning("checkpoint %s was written before checkpoints carried checksums; restored unverified", path)
-    return reason
-
-
-def last_verified_step(directory: str) -> int | None:
-    """The newest complete step whose files all match their checksums (never one written without them)."""
-    for step, path in reversed(step_directories(directory)):
-        if incomplete_reason(path) is None and has_checksums(path) and checksum_problem(path) is None:
-            return step
     return None
 
 
