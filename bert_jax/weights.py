@@ -28,13 +28,16 @@ a distillation projection, ...) are dropped unless `pretraining_networks=True` (
 fingerprint is a hash of the params returned, so the same model has the same fingerprint whatever carried it.
 
 This module also owns the read-only side of the checkpoint layout written by `bert_jax.train.checkpoint`: which
-step directories exist and are complete, and reading one step's params, config and data manifest.
+step directories exist and are complete, whether a step's files match the checksums committed with it, and reading
+one step's params, config and data manifest. A step is verified before its params are read: a damaged one is an
+error naming it and the other complete steps, never read (steps written before checksums are read unverified, with
+a warning). A params file is verified by `bert_jax.interop.load_params`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -43,6 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bert_jax.checksums import CHECKSUMS_FILE, ChecksumError, mismatches, recorded_checksums, tree_digest
 from bert_jax.interop import config_from_hf, load_hf_checkpoint, load_params
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.heads import ENCODER, HEAD_ALIASES, MODEL_HEADS
@@ -52,6 +56,8 @@ from bert_jax.model.params import is_scanned, to_scanned, to_unscanned
 ITEM_NAMES = ("state", "data_iter", "config", "manifest")
 COMMIT_MARKER = "commit_success.txt"
 SOURCES = "a pretraining workdir[@STEP], a params file or a transformers checkpoint directory"
+
+log = logging.getLogger(__name__)
 
 
 class WeightsError(ValueError):
@@ -168,7 +174,17 @@ def _from_checkpoint(source: _Source, label: str, with_params: bool) -> Weights:
     if step not in complete:
         raise WeightsError(f"{label}: step {step} is not a complete checkpoint in {directory}; pick one of the "
                            f"complete steps {complete}")
-    params, saved, manifest = read_checkpoint(str(storage_path(directory) / str(step)), with_params)
+    step_dir = str(storage_path(directory) / str(step))
+    damaged = checksum_problem(step_dir) if with_params else None
+    if damaged:
+        others = [s for s in complete if s != step]
+        raise WeightsError(f"{label}: checkpoint step {step} in {directory} is {damaged}; pass another step "
+                           f"({'one of ' + str(others) if others else 'none is complete'}), or resume its pretraining "
+                           "run, which sets the damaged step aside")
+    if with_params and not has_checksums(step_dir):
+        log.warning("%s: checkpoint step %d was written before checkpoints carried checksums; read unverified",
+                    label, step)
+    params, saved, manifest = read_checkpoint(step_dir, with_params)
     config = model_config_from_saved(saved)
     vocab = _moved_vocab((manifest or {}).get("vocab_path"), directory)
     return Weights("workdir", source.path, config, params, vocab, None, step, saved, manifest)
@@ -236,13 +252,7 @@ def find_head(params: dict, name: str) -> str | None:
 
 def params_fingerprint(params: Any) -> str:
     """sha256 over every leaf's path, dtype, shape and bytes: names the weights whatever file carried them."""
-    digest = hashlib.sha256()
-    leaves = sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: jax.tree_util.keystr(kv[0]))
-    for path, leaf in leaves:
-        array = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
+    return tree_digest(params)[:16]
 
 
 def _relayout(params: dict, scan_layers: bool | None) -> dict:
@@ -282,6 +292,26 @@ def incomplete_reason(path: str) -> str | None:
         return f"missing commit marker {COMMIT_MARKER}"
     missing = [name for name in ITEM_NAMES if not (storage_path(path) / name).is_dir()]
     return f"missing items {missing}" if missing else None
+
+
+def has_checksums(path: str) -> bool:
+    """Whether step directory `path` carries checksums (steps written before they existed do not)."""
+    return (storage_path(path) / CHECKSUMS_FILE).exists()
+
+
+def checksum_problem(path: str, share: tuple[int, int] = (0, 1)) -> str | None:
+    """Why step directory `path` fails its checksums ('damaged: state/d/1f2e does not match its checksum'), or None
+    when every file checked matches or the step carries no checksums (see `has_checksums`). `share` (i, n): check
+    every n-th file from the i-th, for n processes verifying one step together."""
+    try:
+        expected = recorded_checksums(storage_path(path))
+        problems = mismatches(storage_path(path), expected, share) if expected is not None else []
+    except ChecksumError as e:
+        problems = [str(e)]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"damaged: {problems[0]}{more}"
 
 
 def read_checkpoint(step_dir: str, with_params: bool = True) -> tuple[dict | None, dict, dict | None]:

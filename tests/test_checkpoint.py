@@ -153,7 +153,8 @@ def test_corrupt_and_uncommitted_latest_are_skipped_with_warning(tmp_path, caplo
     assert_trees_identical(restored.state, states[2])
     text = caplog.text
     assert os.path.join(directory, "4") in text and "commit marker" in text
-    assert os.path.join(directory, "3") in text and "unreadable" in text
+    rel = os.path.relpath(victim, os.path.join(directory, "3"))  # found by its checksum, before orbax reads it
+    assert f"{os.path.join(directory, '3')} (damaged: {rel} does not match its checksum)" in text
     assert os.path.join(directory, "5" + ckpt.TMP_SUFFIX) in text
     # Nothing deleted: the skipped steps are set aside, unrelated files untouched.
     quarantined = sorted(n.split(".")[0] for n in os.listdir(os.path.join(directory, ckpt.QUARANTINE_DIR)))
@@ -181,7 +182,7 @@ def test_truncated_metadata_or_json_item_is_skipped(tmp_path, caplog, damaged):
     with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
         restored = ckpt.restore_latest(ckpt.open_manager(directory), target_on(mesh, make_state(mesh)))
     assert restored.step == 1 and restored.data_iter == {"position": 1}
-    assert f"skipping checkpoint {os.path.join(directory, '2')} (unreadable" in caplog.text
+    assert f"skipping checkpoint {os.path.join(directory, '2')} (damaged: {damaged} does not match" in caplog.text
 
 
 def test_all_checkpoints_corrupt_is_an_error(tmp_path):
@@ -354,3 +355,144 @@ def test_disk_full_on_real_tiny_filesystem(tmp_path):
         assert_trees_identical(restored.state, small)
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+# ------------------------------------------------------------------------------------------ checksums
+
+
+def flip_bytes(path, count=64):
+    """Flip `count` bytes in the middle of a file: same size, still readable, different contents."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        middle = len(data) // 2
+        data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+        f.seek(0)
+        f.write(data)
+
+
+def test_every_committed_step_carries_the_checksums_of_its_files(tmp_path):
+    import json
+
+    from bert_jax.checksums import file_digest
+
+    directory = str(tmp_path / "ckpt")
+    for async_save in (True, False):
+        manager = ckpt.open_manager(directory, async_save=async_save)
+        step = 1 if async_save else 2
+        save(manager, step, make_state(mesh_of(8), seed=step))
+        ckpt.wait_for_saves(manager)
+        step_dir = os.path.join(directory, str(step))
+        with open(os.path.join(step_dir, "checksums.json")) as f:
+            recorded = json.load(f)
+        files = {os.path.relpath(os.path.join(root, name), step_dir)
+                 for root, _, names in os.walk(step_dir) for name in names}
+        # Every file but the three orbax and the commit write after them: the marker and its timestamped metadata.
+        assert set(recorded["files"]) == files - {"checksums.json", ckpt.COMMIT_MARKER, "_CHECKPOINT_METADATA"}
+        assert {"state/_METADATA", "config/metadata"} <= set(recorded["files"])
+        assert all(file_digest(os.path.join(step_dir, rel)) == digest for rel, digest in recorded["files"].items())
+
+
+def test_a_bit_flip_in_an_array_file_is_quarantined_and_the_previous_step_used(tmp_path, caplog):
+    """64 flipped bytes inside the arrays' data file leave it readable: orbax alone restores the damaged values
+    without a word; with the checksums the step is set aside and the previous one restored, bit for bit."""
+    mesh = mesh_of(8)
+    sharding = NamedSharding(mesh, P("data"))
+    rng = np.random.default_rng(0)
+    states = {s: {"w": jax.device_put(rng.normal(size=(64, 256)).astype(np.float32), sharding), "step": jnp.int32(s)}
+              for s in (1, 2)}
+    directory = str(tmp_path / "ckpt")
+    manager = ckpt.open_manager(directory)
+    for step, state in states.items():
+        ckpt.save_checkpoint(manager, step, state=state, data_iter={"step": step}, config={}, manifest={})
+    ckpt.wait_for_saves(manager)
+    victim = largest_file(os.path.join(directory, "2", "state"))
+    size = os.path.getsize(victim)
+    flip_bytes(victim)
+    target = target_on(mesh, states[1])
+
+    unchecked = str(tmp_path / "unchecked")  # the same files without their checksums, as before they existed
+    shutil.copytree(directory, unchecked)
+    os.remove(os.path.join(unchecked, "2", "checksums.json"))
+    silent = ckpt.restore_latest(ckpt.open_manager(unchecked), target)
+    assert silent.step == 2 and (np.asarray(silent.state["w"]) != np.asarray(states[2]["w"])).any()
+
+    with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
+        restored = ckpt.restore_latest(ckpt.open_manager(directory), target)
+    assert restored.step == 1
+    assert_trees_identical(restored.state, states[1])
+    rel = os.path.relpath(victim, os.path.join(directory, "2"))
+    assert f"skipping checkpoint {os.path.join(directory, '2')} (damaged: {rel} does not match its checksum)" \
+        in caplog.text
+    [moved] = os.listdir(os.path.join(directory, ckpt.QUARANTINE_DIR))
+    assert moved.startswith("2.")  # kept, flipped bytes and all, for inspection
+    assert os.path.getsize(os.path.join(directory, ckpt.QUARANTINE_DIR, moved, rel)) == size
+
+
+def test_only_a_step_whose_checksums_match_is_called_verified(tmp_path, caplog):
+    """Step 4 has flipped bytes, step 3 a truncated checksums.json, step 2 no checksums (written before they
+    existed), step 1 is intact: the last verified step is 1; a resume quarantines 4 and 3 and restores step 2,
+    unverified, saying so."""
+    mesh = mesh_of(8)
+    directory = str(tmp_path / "ckpt")
+    manager = ckpt.open_manager(directory, keep_last=10, async_save=False)
+    states = {s: make_state(mesh, seed=s) for s in (1, 2, 3, 4)}
+    for step, state in states.items():
+        save(manager, step, state)
+    flip_bytes(largest_file(os.path.join(directory, "4", "state")))
+    with open(os.path.join(directory, "3", "checksums.json"), "r+b") as f:
+        f.truncate(20)
+    os.remove(os.path.join(directory, "2", "checksums.json"))
+    assert ckpt.complete_steps(directory) == [1, 2, 3, 4]  # the commit markers alone say nothing is wrong
+    assert ckpt.last_verified_step(directory) == 1
+
+    with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
+        restored = ckpt.restore_latest(ckpt.open_manager(directory), target_on(mesh, states[1]))
+    assert restored.step == 2
+    assert_trees_identical(restored.state, states[2])
+    assert f"{os.path.join(directory, '3')} (damaged: checksums.json is unreadable" in caplog.text
+    assert f"checkpoint {os.path.join(directory, '2')} was written before checkpoints carried checksums" in caplog.text
+    assert sorted(n.split(".")[0] for n in os.listdir(os.path.join(directory, ckpt.QUARANTINE_DIR))) == ["3", "4"]
+
+
+TWO_PROCESS_RESTORE = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from bert_jax.train import checkpoint as ckpt
+mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+target = {"w": jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=NamedSharding(mesh, P("data")))}
+restored = ckpt.restore_latest(ckpt.open_manager(sys.argv[1]), target)
+print("restored", restored.step, flush=True)
+"""
+
+
+def test_two_processes_verify_a_step_together_and_agree(tmp_path):
+    """Each of two processes checks half the files of a step: a damaged file in process 1's half makes both skip
+    the step and restore the previous one (process 0, which alone moves it to quarantine/, only learns of it from
+    process 1)."""
+    import json
+
+    import _pretrain_helpers as h
+
+    directory = str(tmp_path / "ckpt")
+    manager = ckpt.open_manager(directory, async_save=False)
+    rng = np.random.default_rng(0)
+    for step in (1, 2):
+        w = jax.device_put(rng.normal(size=(64, 256)).astype(np.float32), NamedSharding(mesh_of(8), P("data")))
+        ckpt.save_checkpoint(manager, step, state={"w": w}, data_iter={}, config={}, manifest={})
+    with open(os.path.join(directory, "2", "checksums.json")) as f:
+        second = sorted(json.load(f)["files"])[1]  # process 1 of 2 checks files 1, 3, 5, ...
+    flip_bytes(os.path.join(directory, "2", second), count=8)
+    address = f"127.0.0.1:{h.free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_RESTORE, directory, address, str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=h.cli_env(4))
+             for i in range(2)]
+    outs = [proc.communicate(timeout=h.SUBPROCESS_TIMEOUT)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(outs)
+    assert all("restored 1" in out for out in outs), "\n".join(outs)
+    assert f"{second} does not match its checksum" in outs[1]
+    assert "damaged or incomplete on process 1" in outs[0]
+    assert [n.split(".")[0] for n in os.listdir(os.path.join(directory, ckpt.QUARANTINE_DIR))] == ["2"]

@@ -262,7 +262,7 @@ def test_cli_round_trip(tmp_path, capsys):
     assert sorted(back) == sorted(original)
     assert all(np.array_equal(back[k], original[k]) for k in original)
 
-    assert cli.main(["convert", "--from-hf", str(tmp_path / "hf"), "--to", params_path]) == 1  # exists, no --force
+    assert cli.main(["convert", "--from-hf", str(tmp_path / "hf"), "--to", params_path]) == 2  # exists, no --force
     assert "--force" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["convert", "--from-hf", str(tmp_path / "hf")])  # no --to

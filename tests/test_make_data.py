@@ -9,6 +9,8 @@ import glob
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,6 +192,55 @@ def test_killed_build_resumes_to_identical_output(tmp_path, workers):
     assert sorted(os.listdir(killed)) == done
     assert make_data.main(args + ["--output", str(killed)]) == 0
     _assert_same_tree(tmp_path / "reference", killed)
+
+
+def _flip_middle(path, count=64):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        chunk = f.read(count)
+        f.seek(os.path.getsize(path) // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def test_shards_carry_checksums_and_a_rerun_rebuilds_only_a_damaged_one(tagged, tmp_path):
+    """The manifest and each meta.json record a sha256 per file; a shard with flipped bytes is refused when opened,
+    naming it; running the same make-data again rebuilds that shard alone, to the same bytes."""
+    from bert_jax.checksums import file_digest
+
+    corpus, vocab = tagged[:2]
+    args = ["--input", corpus, "--vocab", vocab, "--seq_len", "64", "--unit_chars", "20000"]
+    out = tmp_path / "out"
+    assert make_data.main(args + ["--output", str(out)]) == 0
+    manifest = shards.read_manifest(str(out))
+    assert len(manifest["shards"]) >= 3
+    for entry in manifest["shards"]:
+        meta = json.loads((out / entry["name"] / "meta.json").read_text())
+        assert entry["checksums"] == meta["checksums"]
+        assert sorted(entry["checksums"]) == sorted(f"{name}.npy" for name in shards.FIELDS)
+        assert all(file_digest(str(out / entry["name"] / f)) == d for f, d in entry["checksums"].items())
+    reference = tmp_path / "reference"
+    shutil.copytree(out, reference)
+
+    victim = out / shards.shard_name(1) / "word_start.npy"
+    _flip_middle(str(victim))
+    with pytest.raises(shards.DataError, match=f"^{re.escape(str(victim))} does not match its checksum in .*make-data"):
+        shards.open_examples(str(out))
+    untouched = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(out / "shard-*" / "*.npy")) if "-00001" not in p}
+    assert make_data.main(args + ["--output", str(out)]) == 0
+    _assert_same_tree(reference, out)
+    assert {p: os.stat(p).st_mtime_ns for p in untouched} == untouched
+    assert len(shards.open_examples(str(out))) == manifest["examples"]
+
+
+def test_a_damaged_builtin_cache_is_rebuilt_by_the_next_run(tmp_path):
+    """`bert-jax pretrain` caches the built-in corpus's dataset in its workdir; a damaged shard there is rebuilt,
+    to the same bytes, by the next call instead of failing every run."""
+    kwargs = dict(num_docs=120, seq_len=64, vocab_size=600, log=lambda _: None)
+    built = make_data.prepare_builtin_dataset(str(tmp_path / "cache"), **kwargs)
+    shutil.copytree(built, tmp_path / "reference")
+    _flip_middle(os.path.join(built, shards.shard_name(0), "input_ids.npy"))
+    assert make_data.prepare_builtin_dataset(str(tmp_path / "cache"), **kwargs) == built
+    _assert_same_tree(tmp_path / "reference", built)
 
 
 def test_bad_inputs(tagged, tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 from bert_jax.data import packing
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.pipeline import PipelineError, make_eval_iterator, make_pretrain_iterator
-from bert_jax.data.shards import FORMAT_VERSION, MANIFEST, shard_name, write_json_atomic, write_shard
+from bert_jax.data.shards import FORMAT_VERSION, MANIFEST, DataError, shard_name, write_json_atomic, write_shard
 
 SPECIAL = dict(pad=0, unk=1, cls=2, sep=3, mask=4)
 ID_BASE = 5  # position 1 of example i holds token ID_BASE + i, so batches reveal which examples they hold
@@ -39,8 +39,8 @@ def write_dataset(out_dir, shard_sizes=(37, 50, 13), seq_len=32, vocab_size=600,
             labels = np.full(n, -1, np.int8)
         arrays = dict(input_ids=ids, token_type_ids=types, word_start=rng.random((n, seq_len)) < 0.7,
                       length=lengths, sentence_label=labels)
-        write_shard(out_dir, index, arrays, {"documents": n})
-        entries.append({"name": shard_name(index), "examples": n})
+        checksums = write_shard(out_dir, index, arrays, {"documents": n})
+        entries.append({"name": shard_name(index), "examples": n, "checksums": checksums})
         first, max_id = first + n, max(max_id, int(ids.max()))
     write_json_atomic(os.path.join(out_dir, MANIFEST), {
         "format_version": FORMAT_VERSION, "mode": mode, "seq_len": seq_len, "vocab_size": vocab_size,
@@ -249,3 +249,30 @@ def test_validation_errors(pair_dir, tmp_path):
         make_pretrain_iterator(pair_dir, 128, 0, m)
     with pytest.raises(PipelineError, match="process_index"):
         make_pretrain_iterator(pair_dir, 16, 0, m, process_index=2, process_count=2)
+
+
+def test_a_damaged_shard_is_a_one_line_error_naming_it_and_the_fix(tmp_path):
+    """64 bytes flipped inside a shard's token ids (the file stays a valid .npy): opening the dataset for training
+    or evaluation fails at once, naming the file and `make-data`; a dataset whose manifest predates checksums
+    still opens, unverified."""
+    out = write_dataset(str(tmp_path / "data"))
+    victim = os.path.join(out, shard_name(1), "input_ids.npy")
+    size = os.path.getsize(victim)
+    with open(victim, "r+b") as f:
+        f.seek(size // 2)
+        chunk = f.read(64)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    for make in (lambda: make_pretrain_iterator(out, 10, 0, MaskingConfig()),
+                 lambda: make_eval_iterator(out, 10, MaskingConfig())):
+        with pytest.raises(DataError) as info:
+            make()
+        message = str(info.value)
+        assert "\n" not in message and message.startswith(f"{victim} does not match its checksum"), message
+        assert "`bert-jax make-data` command that built" in message
+    with open(os.path.join(out, MANIFEST)) as f:
+        manifest = json.load(f)
+    for entry in manifest["shards"]:
+        del entry["checksums"]
+    write_json_atomic(os.path.join(out, MANIFEST), manifest)
+    next(make_pretrain_iterator(out, 10, 0, MaskingConfig()))

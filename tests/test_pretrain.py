@@ -215,6 +215,34 @@ def test_nonfinite_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(_restored_params(workdir, max(steps))))
 
 
+def test_nonfinite_stop_never_names_a_damaged_step_as_last_good(data, tmp_path, monkeypatch):
+    """Each checkpoint after step 1 gets 64 bytes flipped in its array file as soon as it is committed (readable,
+    wrong): the stop names step 1, the newest step whose files match their checksums, not the newest committed."""
+    original = ckpt.save_checkpoint
+
+    def save_then_damage(manager, step, **kwargs):
+        original(manager, step, **kwargs)
+        if step > 1:  # synchronous saves: the step is committed here
+            state_dir = os.path.join(workdir, "checkpoints", str(step), "state")
+            victim = max((os.path.join(root, n) for root, _, names in os.walk(state_dir) for n in names),
+                         key=os.path.getsize)
+            with open(victim, "r+b") as f:
+                f.seek(os.path.getsize(victim) // 2)
+                chunk = f.read(64)
+                f.seek(-len(chunk), os.SEEK_CUR)
+                f.write(bytes(b ^ 0xFF for b in chunk))
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_damage)
+    workdir = str(tmp_path / "stop")
+    config = h.load_config(h.overrides(data, train__steps=8, train__checkpoint_every=1, train__async_checkpoints=False,
+                                       optimizer__learning_rate=1e30, optimizer__warmup_steps=1))
+    with pytest.raises(pretrain.NonFiniteLossError, match=r"not finite at step \d+") as e:
+        pretrain.run(config, workdir)
+    committed = ckpt.complete_steps(os.path.join(workdir, "checkpoints"))
+    assert len(committed) >= 2, committed  # a damaged step was there to be (wrongly) named
+    assert "The last good checkpoint is step 1 in" in str(e.value), str(e.value)
+
+
 def test_nonfinite_skip_mode_skips_and_counts(data, tmp_path):
     workdir = str(tmp_path / "skip")
     config = h.load_config(h.overrides(data, train__steps=6, train__on_nonfinite="skip", optimizer__learning_rate=1e30,

@@ -146,40 +146,60 @@ def test_killed_at_several_random_steps_resumes_bit_identically(data, compile_ca
 
 
 def test_corrupt_newest_checkpoints_in_a_workdir_are_skipped_and_kept(data, tmp_path, capsys, caplog):
-    """Step 6 has a truncated array file, step 4 lost its commit marker: the next run says it skips them,
-    resumes from step 2, retrains steps 3-6 to the same losses, and every damaged file is still on disk."""
+    """Step 8 has a truncated array file, step 6 lost its commit marker, step 4 has 64 bytes flipped inside its
+    array file (still readable: orbax alone would restore it). `export` refuses the flipped step in one line; the
+    next run says it skips all three, resumes from step 2, retrains steps 3-8 to the same losses, every damaged file
+    is still on disk, and `export` then writes finite params."""
+    from bert_jax.train import export
+
     workdir = str(tmp_path / "run")
     argv = ["--config", h.CONFIG, "--workdir", workdir,
-            *h.overrides(dirs(data), train__steps=6, train__checkpoint_every=2, train__keep_checkpoints=5)]
+            *h.overrides(dirs(data), train__steps=8, train__checkpoint_every=2, train__keep_checkpoints=5)]
     assert pretrain.main(argv) == 0
     first = h.read_metrics(workdir)
     directory = os.path.join(workdir, "checkpoints")
-    victim = largest_file(os.path.join(directory, "6", "state"))
+    victim = largest_file(os.path.join(directory, "8", "state"))
     truncated_size = os.path.getsize(victim) // 2
     with open(victim, "r+b") as f:
         f.truncate(truncated_size)
-    os.remove(os.path.join(directory, "4", ckpt.COMMIT_MARKER))
+    os.remove(os.path.join(directory, "6", ckpt.COMMIT_MARKER))
+    flipped = largest_file(os.path.join(directory, "4", "state"))
+    with open(flipped, "r+b") as f:
+        f.seek(os.path.getsize(flipped) // 2)
+        chunk = f.read(64)
+        f.seek(-len(chunk), os.SEEK_CUR)
+        f.write(bytes(b ^ 0xFF for b in chunk))
     mine = os.path.join(directory, "notes.txt")
     with open(mine, "w") as f:
         f.write("not the run's")
+    out = str(tmp_path / "params.msgpack")
     capsys.readouterr()
+    assert export.main(["--workdir", workdir, "--step", "4", "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"bert-jax export: --workdir {workdir}: checkpoint step 4 in"), err
+    assert re.search(r"is damaged: state/\S+ does not match its checksum", err) and not os.path.exists(out), err
 
     with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
         assert pretrain.main(argv) == 0
     assert h.resumed_step(capsys.readouterr().out) == 2
-    assert f"skipping checkpoint {os.path.join(directory, '6')} (unreadable" in caplog.text
-    assert f"skipping checkpoint {os.path.join(directory, '4')} (missing commit marker" in caplog.text
-    # Nothing deleted: both damaged steps are in quarantine/ with their files, the truncated one included.
+    rel = os.path.relpath(victim, os.path.join(directory, "8"))
+    assert f"skipping checkpoint {os.path.join(directory, '8')} (damaged: {rel} does not match" in caplog.text
+    assert f"skipping checkpoint {os.path.join(directory, '6')} (missing commit marker" in caplog.text
+    assert f"skipping checkpoint {os.path.join(directory, '4')} (damaged: " in caplog.text
+    # Nothing deleted: the damaged steps are in quarantine/ with their files, the truncated one included.
     quarantine = os.path.join(directory, ckpt.QUARANTINE_DIR)
     by_step = {name.split(".")[0]: os.path.join(quarantine, name) for name in os.listdir(quarantine)}
-    assert sorted(by_step) == ["4", "6"]
-    moved = os.path.join(by_step["6"], os.path.relpath(victim, os.path.join(directory, "6")))
+    assert sorted(by_step) == ["4", "6", "8"]
+    moved = os.path.join(by_step["8"], os.path.relpath(victim, os.path.join(directory, "8")))
     assert os.path.getsize(moved) == truncated_size
     assert open(mine).read() == "not the run's"
-    assert ckpt.complete_steps(directory) == [2, 4, 6]
+    assert ckpt.complete_steps(directory) == [2, 4, 6, 8]
     again = h.read_metrics(workdir)
-    for step in range(3, 7):
+    for step in range(3, 9):
         assert again[step]["loss"] == first[step]["loss"], step
+    assert export.main(["--workdir", workdir, "--out", out]) == 0
+    from bert_jax.interop import load_params
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(load_params(out)[1]))
 
 
 # After a failed save orbax's other writers of that step may finish after its event loop closed.
@@ -273,8 +293,20 @@ def run_main(data, workdir, **extra):
     return pretrain.main(["--config", h.CONFIG, "--workdir", workdir, *h.overrides(dirs(data), **extra)])
 
 
+def damaged_copy(source, target):
+    """A copy of a dataset with 64 bytes flipped inside shard-00000's token ids (a valid .npy still)."""
+    shutil.copytree(source, target)
+    path = os.path.join(target, "shard-00000", "input_ids.npy")
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        chunk = f.read(64)
+        f.seek(-len(chunk), os.SEEK_CUR)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    return target
+
+
 @pytest.mark.parametrize("case", ["max_positions", "model_vocab", "token_id", "eval_fingerprint", "empty_dir",
-                                  "missing_data", "missing_init"])
+                                  "missing_data", "missing_init", "damaged_shard"])
 def test_bad_input_is_a_one_line_error_before_any_step(case, data, tmp_path, capsys):
     train_dir, eval_dir, _ = data
     other = str(tmp_path / "other-data")
@@ -295,6 +327,9 @@ def test_bad_input_is_a_one_line_error_before_any_step(case, data, tmp_path, cap
         "missing_data": (lambda: dict(data__path=empty + "-typo"), [re.escape(empty + "-typo"), "make-data"]),
         "missing_init": (lambda: dict(train__init_from=str(tmp_path / "no" / "such")),
                          [r"train.init_from=.*no/such.* does not exist", "point it at a pretraining workdir"]),
+        "damaged_shard": (lambda: dict(data__path=damaged_copy(train_dir, other)),
+                          [re.escape(os.path.join(other, "shard-00000", "input_ids.npy")) + " does not match its "
+                           "checksum", "the shard is damaged", "`bert-jax make-data` command that built"]),
     }
     make_overrides, needles = cases[case]
     workdir = str(tmp_path / "run")

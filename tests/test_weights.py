@@ -2,6 +2,7 @@
 import ast
 import glob
 import os
+import re
 import shutil
 
 import jax
@@ -167,8 +168,76 @@ def test_export_writes_a_workdirs_model_as_a_params_file(sources, tmp_path, caps
     assert export.main(["--workdir", run, "--out", out]) == 0
     assert '"step": 6' in capsys.readouterr().out
     assert load_weights(out).fingerprint == sources["reference"].fingerprint
-    assert export.main(["--workdir", sources["run"], "--step", "3", "--out", out]) == 1
+    assert export.main(["--workdir", sources["run"], "--step", "3", "--out", out]) == 2
     assert capsys.readouterr().err.startswith(f"bert-jax export: --workdir {sources['run']}: step 3 is not")
+
+
+def _flip_middle(path, count=64):
+    """64 bytes flipped in the middle of a file: same size, still parses (for a checkpoint's array file), wrong."""
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        chunk = f.read(count)
+        f.seek(os.path.getsize(path) // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def test_a_damaged_checkpoint_step_is_refused_by_every_reader(sources, tmp_path, capsys):
+    """Step 4 of a copied run gets 64 flipped bytes in its array file: load_weights (export, finetune --init,
+    train.init_from, evaluate) refuses it in one line naming the step and the other complete step; step 2 reads."""
+    from bert_jax.finetune.init import InitError, load_init
+    from bert_jax.train import export
+
+    run = shutil.copytree(sources["run"], str(tmp_path / "run"))
+    state = os.path.join(run, "checkpoints", "4", "state")
+    _flip_middle(max((os.path.join(r, n) for r, _, names in os.walk(state) for n in names), key=os.path.getsize))
+    with pytest.raises(WeightsError) as error:
+        load_weights(run, "train.init_from")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"train.init_from={run!r}: checkpoint step 4 in "), message
+    assert "is damaged: state/" in message and "does not match its checksum" in message and "[2]" in message
+    with pytest.raises(InitError, match="checkpoint step 4 .* is damaged"):
+        load_init(run)
+    np.testing.assert_array_equal(  # the step before is intact and still reads
+        load_weights(run + "@2").params["encoder"]["embeddings"]["token"]["embedding"],
+        sources["earlier"]["encoder"]["embeddings"]["token"]["embedding"])
+    out = str(tmp_path / "params.msgpack")
+    capsys.readouterr()
+    assert export.main(["--workdir", run, "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"bert-jax export: --workdir {run}: checkpoint step 4") and "damaged" in err
+    assert not os.path.exists(out)
+    assert export.main(["--workdir", run, "--step", "2", "--out", out]) == 0
+
+
+def test_a_damaged_or_truncated_params_file_is_one_line_naming_it(sources, tmp_path, capsys):
+    """A params file carries a checksum of its config and arrays: 64 flipped bytes inside an array, or a cut file,
+    is refused by load_params and by `convert` in one line naming the file; a file without one (older) loads."""
+    import flax.serialization
+    from bert_jax import cli
+    from bert_jax.interop import load_params
+    from bert_jax.interop.params_file import ParamsFileError
+
+    good = open(sources["params_file"], "rb").read()
+    word = sources["reference"].params["encoder"]["embeddings"]["token"]["embedding"]
+    at = good.find(np.ascontiguousarray(word).tobytes())  # the token embedding's bytes, inside the file
+    assert at > 0
+    flipped, truncated, older = (str(tmp_path / f"{n}.msgpack") for n in ("flipped", "truncated", "older"))
+    with open(flipped, "wb") as f:
+        f.write(good[:at + 100] + bytes(b ^ 0xFF for b in good[at + 100:at + 164]) + good[at + 164:])
+    with open(truncated, "wb") as f:
+        f.write(good[:len(good) // 2])
+    for path in (flipped, truncated):
+        with pytest.raises(ParamsFileError, match=f"^params file {re.escape(repr(path))} is damaged"):
+            load_params(path)
+        assert cli.main(["convert", "--from", path, "--to-hf", str(tmp_path / "hf")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith(f"bert-jax convert: error: --from params file {path!r} is damaged")
+        assert "bert-jax convert" in err.split("damaged", 1)[1]  # the fix: write it again
+    payload = flax.serialization.msgpack_restore(good)
+    assert payload.pop("checksum").startswith("sha256:")
+    with open(older, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(payload))
+    assert params_fingerprint(load_params(older)[1]) == params_fingerprint(load_params(sources["params_file"])[1])
 
 
 def test_init_from_takes_the_whole_tree_in_this_runs_layout(sources):

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from bert_jax import dirlock
+from bert_jax import dirlock, outputs
 from bert_jax.data import shards
 from bert_jax.data.builtin_corpus import DEFAULT_NUM_DOCS, DEFAULT_VOCAB_SIZE, write_builtin_corpus
 from bert_jax.data.corpus import (FORMAT_HELP, FORMATS, CorpusError, RawDocument, ReaderOptions, expand_inputs, iter_documents,
@@ -67,8 +67,10 @@ def _shard_meta(arrays: dict[str, np.ndarray], stats: dict, unit_index: int) -> 
 def _write_unit(docs, unit_index: int, out_dir: str, tokenizer: WordPieceTokenizer, config: InstanceConfig, seed: int) -> dict:
     arrays, stats = build_unit(docs, tokenizer, config, seed, unit_index)
     meta = _shard_meta(arrays, stats, unit_index)
-    shards.write_shard(out_dir, unit_index, arrays, meta)
-    return {"examples": len(arrays["input_ids"]), **meta}
+    with outputs.write_errors_as_one_line(f"writing {shards.shard_name(unit_index)} of {out_dir}",
+                                          "the shards finished before it are kept (a rerun builds the others)"):
+        checksums = shards.write_shard(out_dir, unit_index, arrays, meta)
+    return {"examples": len(arrays["input_ids"]), **meta, "checksums": checksums}
 
 
 @functools.lru_cache(maxsize=2)
@@ -185,8 +187,12 @@ def build_dataset(
     }
     done = _check_args(output_dir, args)
     if done is not None:
-        log(f"make-data: {output_dir} is already complete ({done['examples']} examples)")
-        return done
+        damaged = shards.damaged_shards(output_dir, done)
+        if not damaged:
+            log(f"make-data: {output_dir} is already complete ({done['examples']} examples)")
+            return done
+        # Each shard is a function of (seed, unit): rebuilt, it is the same bytes, so the manifest stays valid.
+        log(f"make-data: {output_dir}: {', '.join(damaged)} missing or damaged (checksum mismatch); rebuilding")
     created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     shards.write_json_atomic(os.path.join(output_dir, BUILD_ARGS), args)
@@ -270,7 +276,7 @@ def token_counts(out_dir: str, manifest: dict, tokenizer: WordPieceTokenizer) ->
     """How often each vocab id occurs in the examples ([PAD] not counted): the unigram model that
     `bert-jax evaluate` and the in-run eval score as the floor a pretrained model must beat. Kept in the
     manifest, so it travels with every checkpoint of a run trained on this data."""
-    examples = shards.open_examples(out_dir, manifest)
+    examples = shards.open_examples(out_dir, manifest, verify=False)  # just written or just verified
     counts = np.zeros(tokenizer.vocab_size, np.int64)
     for arrays in examples.shards:
         counts += np.bincount(np.asarray(arrays["input_ids"]).ravel(), minlength=tokenizer.vocab_size)[:len(counts)]
@@ -300,7 +306,8 @@ def _manifest(metas: list[dict], args: dict, tokenizer: WordPieceTokenizer, read
         "max_token_id": max((m["max_token_id"] for m in metas), default=-1),
         "seed": args["seed"],
         "examples": sum(m["examples"] for m in metas),
-        "shards": [{"name": shards.shard_name(m["unit"]), "examples": m["examples"]} for m in metas],
+        "shards": [{"name": shards.shard_name(m["unit"]), "examples": m["examples"],
+                    **({"checksums": m["checksums"]} if "checksums" in m else {})} for m in metas],
         "documents": totals["documents"],
         "sentences": totals["sentences"],
         "tokens": totals["tokens"],
@@ -355,8 +362,9 @@ def prepare_builtin_dataset(
     key_file = os.path.join(dataset_dir, "builtin.json")
     if os.path.isfile(os.path.join(dataset_dir, shards.MANIFEST)) and os.path.isfile(key_file):
         with open(key_file) as f:
-            if json.load(f) == key:
-                return dataset_dir
+            same = json.load(f) == key
+        if same and not shards.damaged_shards(dataset_dir, shards.read_manifest(dataset_dir)):
+            return dataset_dir  # else: build_dataset below rebuilds the damaged shards
     files = write_builtin_corpus(os.path.join(work_dir, f"corpus-docs{num_docs}-seed{seed}"), num_docs, seed)
     if vocab is None:
         vocab = builtin_vocab_dir(work_dir, vocab_size, num_docs, seed)
@@ -423,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(a: argparse.Namespace) -> int:
     try:
+        outputs.writable_directory(a.output, "--output")  # a file, read-only, ...: one line before any work
         if a.input == ["builtin"]:
             prepare_builtin_dataset(
                 os.path.join(a.output, "builtin-source"), mode=a.mode, seq_len=a.seq_len, vocab_size=a.vocab_size,
@@ -439,9 +448,15 @@ def _main(a: argparse.Namespace) -> int:
         build_dataset(a.input, a.output, a.vocab, mode=a.mode, seq_len=a.seq_len, seed=a.seed, workers=a.workers,
                       reader=reader, short_seq_prob=a.short_seq_prob, dupe_factor=a.dupe_factor,
                       unit_chars=a.unit_chars, lowercase=a.lowercase)
-    except (CorpusError, InstanceError, TokenizerError, shards.DataError) as e:  # one-line messages by design
+    except (CorpusError, InstanceError, TokenizerError, shards.DataError, outputs.OutputError) as e:  # one line
         print(f"make-data: {e}", file=sys.stderr)
-        return 2
+        return outputs.EXIT_BAD_INPUT
+    except outputs.WriteError as e:  # e.g. a full disk: finished shards are kept
+        print(f"make-data: {e}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED
+    except OSError as e:  # another file it could not read or write (the manifest, build_args.json, the vocab...)
+        print(f"make-data: {e.filename or a.output}: {outputs.reason(e)}; {outputs.fix(e)}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED if outputs.is_disk_full(e) else outputs.EXIT_BAD_INPUT
     return 0
 
 

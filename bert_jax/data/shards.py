@@ -8,9 +8,12 @@
         word_start.npy       bool  [N, L]   True where a token begins a word (whole-word/span masking)
         length.npy           int32 [N]      number of real tokens
         sentence_label.npy   int8  [N]      NSP: 1 = random B; SOP: 1 = swapped; -1 = no label
-        meta.json            counts for this shard (examples, documents, skipped by reason)
+        meta.json            counts for this shard (examples, documents, skipped by reason) and the checksums
 
-Shards are memory-mapped on read, so opening a dataset costs nothing that grows with its size.
+Every shard records a sha256 of each .npy file ("checksums" in its meta.json and in its manifest entry);
+`open_examples` verifies them before handing the shard out (once per process for a file unchanged since), so a
+damaged shard is an error naming it, never trained on. Datasets built before checksums are read unverified.
+Shards are memory-mapped on read; verifying reads each file once, sequentially (about 1 GB/s).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+
+from bert_jax.checksums import file_digest, verify_files
 
 FIELDS: dict[str, tuple[np.dtype, bool]] = {
     # name: (dtype, per-token)
@@ -76,8 +81,9 @@ def atomic_directory(final: str, prefix: str):
         raise
 
 
-def write_shard(out_dir: str, index: int, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
-    """Write one shard under a temporary name, then rename it into place (atomic on POSIX)."""
+def write_shard(out_dir: str, index: int, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict:
+    """Write one shard under a temporary name, then rename it into place (atomic on POSIX); returns the checksums
+    ({file name: sha256}) it recorded in its meta.json."""
     n = len(arrays["input_ids"])
     for name, (dtype, per_token) in FIELDS.items():
         if name not in arrays:
@@ -86,19 +92,45 @@ def write_shard(out_dir: str, index: int, arrays: Mapping[str, np.ndarray], meta
         if a.shape[0] != n or (per_token and a.shape != arrays["input_ids"].shape):
             raise DataError(f"shard {index}: field {name!r} has shape {a.shape}, expected [{n}{', L' if per_token else ''}]")
     final = os.path.join(out_dir, shard_name(index))
+    checksums = {}
     with atomic_directory(final, shard_name(index)) as tmp:
         for name, (dtype, _) in FIELDS.items():
-            with open(os.path.join(tmp, f"{name}.npy"), "wb") as f:
+            path = os.path.join(tmp, f"{name}.npy")
+            with open(path, "wb") as f:
                 np.save(f, np.ascontiguousarray(arrays[name], dtype=dtype))
                 f.flush()
                 os.fsync(f.fileno())
+            checksums[f"{name}.npy"] = file_digest(path)  # read back from the page cache
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"examples": int(n), **meta}, f, indent=2, sort_keys=True)
-    return final
+            json.dump({"examples": int(n), **meta, "checksums": checksums}, f, indent=2, sort_keys=True)
+    return checksums
+
+
+def damaged_files(shard_dir: str, checksums: Mapping[str, str] | None) -> list[str]:
+    """The files of `shard_dir` that differ from `checksums` ({file name: sha256}); none to check: []."""
+    if not checksums:
+        return []
+    return [os.path.basename(p) for p in verify_files({os.path.join(shard_dir, k): v for k, v in checksums.items()})]
+
+
+def damaged_shards(out_dir: str, manifest: Mapping[str, Any]) -> list[str]:
+    """Names of the manifest's shards that are missing or whose files differ from their checksums."""
+    return [entry["name"] for entry in manifest["shards"]
+            if not os.path.isdir(os.path.join(out_dir, entry["name"]))
+            or damaged_files(os.path.join(out_dir, entry["name"]), entry.get("checksums"))]
 
 
 def shard_is_complete(out_dir: str, index: int) -> bool:
-    return os.path.isfile(os.path.join(out_dir, shard_name(index), "meta.json"))
+    """Finished (its meta.json is written last) and its files match the checksums that meta.json records."""
+    meta_path = os.path.join(out_dir, shard_name(index), "meta.json")
+    if not os.path.isfile(meta_path):
+        return False
+    try:
+        with open(meta_path) as f:
+            checksums = json.load(f).get("checksums")
+    except ValueError:  # a damaged meta.json: the shard is built again
+        return False
+    return not damaged_files(os.path.dirname(meta_path), checksums)
 
 
 @dataclass(frozen=True)
@@ -146,9 +178,9 @@ def read_manifest(path: str) -> dict:
         return json.load(f)
 
 
-def open_examples(path: str, manifest: dict | None = None) -> Examples:
-    """All shards of a finished dataset; the builder passes the manifest it is about to write, to read its own
-    output before the manifest marks it finished."""
+def open_examples(path: str, manifest: dict | None = None, verify: bool = True) -> Examples:
+    """All shards of a finished dataset, each verified against its checksums (`verify`); the builder passes the
+    manifest it is about to write, to read its own output before the manifest marks it finished."""
     manifest = read_manifest(path) if manifest is None else manifest
     shards, offsets = [], [0]
     for entry in manifest["shards"]:
@@ -158,7 +190,13 @@ def open_examples(path: str, manifest: dict | None = None) -> Examples:
             file = os.path.join(shard_dir, f"{name}.npy")
             if not os.path.isfile(file):
                 raise DataError(f"{file} is missing; rebuild the dataset with `bert-jax make-data`")
-            arrays[name] = np.load(file, mmap_mode="r")
+        damaged = damaged_files(shard_dir, entry.get("checksums")) if verify else []
+        if damaged:
+            raise DataError(f"{os.path.join(shard_dir, damaged[0])} does not match its checksum in "
+                            f"{os.path.join(path, MANIFEST)}: the shard is damaged; rebuild it by running the "
+                            f"`bert-jax make-data` command that built {path} again (it rebuilds damaged shards only)")
+        for name in FIELDS:
+            arrays[name] = np.load(os.path.join(shard_dir, f"{name}.npy"), mmap_mode="r")
         if len(arrays["input_ids"]) != entry["examples"]:
             raise DataError(f"{shard_dir} holds {len(arrays['input_ids'])} examples, the manifest says {entry['examples']}; rebuild it")
         shards.append(arrays)

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from bert_jax import dirlock
+from bert_jax import dirlock, outputs
 from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.finetune import predictions as P
 from bert_jax.finetune import trained
@@ -141,9 +141,11 @@ def summarize(task, runs: list[dict], init_info: dict, protocol: dict) -> dict:
 
 def _write_json(path: str, value) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1, default=float)
-    os.replace(tmp, path)  # never a half-written file under the real name
+    with outputs.write_errors_as_one_line(f"writing {path}", "settings finished before it are kept (a rerun skips "
+                                                             "them)"):
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=1, default=float)
+        os.replace(tmp, path)  # never a half-written file under the real name
 
 
 def _finished(path: str, init, protocol: dict) -> dict | None:
@@ -195,6 +197,7 @@ def score(task, splits: dict, result: dict, log) -> dict:
 
 def run(args) -> dict:
     """Fine-tune as `args` say (see `parser`); one writer per --workdir (a second one fails at once)."""
+    outputs.writable_directory(args.workdir, "--workdir")  # read-only, a file, ...: one line before any work
     with dirlock.hold(args.workdir, "--workdir", "bert-jax finetune"):
         return _run(args)
 
@@ -270,10 +273,10 @@ def _run(args) -> dict:
             try:
                 record = score(task, splits, result, log)
                 if task.predict is not None:  # written before the record: a finished record has its predictions
-                    outputs = result["outputs"][setting.epochs]
+                    final_outputs = result["outputs"][setting.epochs]
                     record["predictions"] = P.write_predictions(
                         os.path.join(args.workdir, "runs", setting.name), task,
-                        {name: (s.examples, task.predict(s.examples, s.features, outputs[name]), s.labelled)
+                        {name: (s.examples, task.predict(s.examples, s.features, final_outputs[name]), s.labelled)
                          for name, s in splits.items()})
                 record.update(init_fingerprint=init.fingerprint, protocol=protocol)
                 _write_json(path, record)
@@ -300,7 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (InitError, TaskError, ValueError, FileNotFoundError) as e:
         print(f"bert-jax finetune: {e}", file=sys.stderr)
-        return 2
+        return outputs.EXIT_BAD_INPUT
+    except outputs.WriteError as e:  # e.g. a full disk: finished settings are kept
+        print(f"bert-jax finetune: {e}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED
+    except OSError as e:  # another file it could not read or write (predictions, ...)
+        print(f"bert-jax finetune: {e.filename}: {outputs.reason(e)}; {outputs.fix(e)}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED if outputs.is_disk_full(e) else outputs.EXIT_BAD_INPUT
     return 0
 
 

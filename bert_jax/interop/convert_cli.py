@@ -3,6 +3,10 @@ or back.
 
     bert-jax convert --from-hf HF_DIR --to PARAMS.msgpack [--heads init|require] [--seed N] [--scan-layers]
     bert-jax convert --from PARAMS.msgpack --to-hf HF_DIR
+
+Exit codes: 0 written; 2 bad input (a missing, damaged or foreign input, an output that exists without --force or
+cannot be written), one line naming it; 4 the output could not be written (e.g. disk full), nothing partial left
+under its name (files are replaced atomically).
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import argparse
 import os
 import sys
 
+from bert_jax import outputs
 from bert_jax.interop.hf_bert import load_hf_checkpoint, save_hf_checkpoint
 from bert_jax.interop.params_file import ParamsFileError, load_params, save_params
 
@@ -31,10 +36,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _from_hf(args) -> str:
+    outputs.writable_file(args.to, "--to")
     if os.path.exists(args.to) and not args.force:
         raise ParamsFileError(f"--to {args.to!r} exists; pass --force to overwrite it")
     config, params = load_hf_checkpoint(args.from_hf, heads=args.heads, seed=args.seed, scan_layers=args.scan_layers)
-    save_params(args.to, config, params)
+    with outputs.write_errors_as_one_line(f"writing --to {args.to}", _KEPT):
+        save_params(args.to, config, params)
     return args.to
 
 
@@ -42,9 +49,17 @@ def _to_hf(args) -> str:
     existing = [n for n in ("config.json", "model.safetensors") if os.path.exists(os.path.join(args.to_hf, n))]
     if existing and not args.force:
         raise ParamsFileError(f"--to-hf {args.to_hf!r} already holds {existing}; pass --force to overwrite")
-    config, params = load_params(args.from_path)
-    save_hf_checkpoint(args.to_hf, config, params)
+    outputs.writable_directory(args.to_hf, "--to-hf")
+    try:
+        config, params = load_params(args.from_path)
+    except ParamsFileError as e:
+        raise ParamsFileError(f"--from {e}") from None
+    with outputs.write_errors_as_one_line(f"writing --to-hf {args.to_hf}", _KEPT):
+        save_hf_checkpoint(args.to_hf, config, params)
     return args.to_hf
+
+
+_KEPT = "no partial file was left under its name (each file is replaced atomically)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--to-hf DIR needs --from PATH (and no --to)")
     try:
         written = _from_hf(args) if args.from_hf else _to_hf(args)
-    except ValueError as e:  # ConversionError, ParamsFileError, bad ModelConfig: one line, no traceback
+    except ValueError as e:  # ConversionError, ParamsFileError, OutputError, bad ModelConfig: one line, no traceback
         print(f"bert-jax convert: error: {e}", file=sys.stderr)
-        return 1
+        return outputs.EXIT_BAD_INPUT
+    except outputs.WriteError as e:
+        print(f"bert-jax convert: error: {e}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED
+    except OSError as e:  # an input it could not read
+        print(f"bert-jax convert: error: {e.filename}: {outputs.reason(e)}; {outputs.fix(e)}", file=sys.stderr)
+        return outputs.EXIT_BAD_INPUT
     print(f"wrote {written}")
     return 0
 

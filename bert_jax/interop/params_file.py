@@ -1,11 +1,16 @@
 """The bert_jax params file (what `bert-jax convert` and `export` write) and the params-tree utilities it uses.
 
 Params file format ("bert_jax.params/1"): ONE msgpack file (flax.serialization) holding a dict
-    {"format": "bert_jax.params/1", "model_config": <JSON of ModelConfig.to_dict()>, "params": <tree>}
+    {"format": "bert_jax.params/1", "model_config": <JSON of ModelConfig.to_dict()>, "params": <tree>,
+     "checksum": "sha256:<hex>"}
 where the tree is the unboxed `params` collection of `BertForPreTraining(config)` as numpy arrays, in either layer
 layout (per layer, or stacked for `speed.scan_layers`; the tree shows which, see `bert_jax.model.params.is_scanned`).
 It is written to a temporary name and renamed, so a reader never sees a partial file. Task models reuse the
 encoder subtree (`params["encoder"]`).
+
+The checksum (`bert_jax.checksums.content_digest`) covers the model config and every array's path, dtype, shape and
+bytes; `load_params` checks it, so a bit flip that leaves the file readable is an error naming the file, as is a
+truncated file. Files written before the checksum existed have none and load unverified (older readers ignore it).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
+from bert_jax.checksums import content_digest
 from bert_jax.model import BertForPreTraining, ModelConfig, SpeedConfig
 from bert_jax.model.params import is_scanned
 
@@ -98,8 +104,9 @@ def save_params(path: str, config: ModelConfig, params: Mapping) -> None:
     """Write `params` (boxed or not, on device or host) with `config` to one atomically-replaced file."""
     params = host_params(params)
     check_param_tree(params, config)
-    payload = serialization.msgpack_serialize(
-        {"format": PARAMS_FORMAT, "model_config": json.dumps(config.to_dict()), "params": params})
+    config_json = json.dumps(config.to_dict())
+    payload = serialization.msgpack_serialize({"format": PARAMS_FORMAT, "model_config": config_json, "params": params,
+                                               "checksum": content_digest(config_json, params)})
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
 
@@ -110,17 +117,34 @@ def save_params(path: str, config: ModelConfig, params: Mapping) -> None:
     write_atomically(path, write)
 
 
+def _checksum_matches(payload: dict) -> bool:
+    try:
+        return payload["checksum"] == content_digest(payload["model_config"], payload["params"])
+    except (KeyError, TypeError, AttributeError, ValueError):  # a damaged tree or config: not what was written
+        return False
+
+
 def load_params(path: str, scan_layers: bool = False) -> tuple[ModelConfig, dict]:
     """(ModelConfig, numpy params) from a file written by `save_params`, with the layers one subtree each, or
     stacked for nn.scan with `scan_layers`, whichever layout the file holds."""
     if not os.path.isfile(path):
         raise ParamsFileError(f"params file {path!r} does not exist; write it with `bert-jax convert` or save_params")
+    damaged = f"params file {path!r} is damaged"
+    fix = "write it again (`bert-jax export` or `bert-jax convert`) or copy it again from where it came from"
     with open(path, "rb") as f:
-        payload = serialization.msgpack_restore(f.read())
+        data = f.read()
+    try:
+        payload = serialization.msgpack_restore(data)
+    except Exception as e:  # noqa: BLE001 -- msgpack raises ValueError, ExtraData, TypeError... for a cut file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ParamsFileError(f"{damaged} or not a params file ({len(data)} bytes; msgpack: {reason}); {fix}") \
+            from None
     if not isinstance(payload, dict) or payload.get("format") != PARAMS_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ParamsFileError(f"{path!r} is not a {PARAMS_FORMAT} file (format {found!r}); "
                               "convert it with `bert-jax convert`")
+    if "checksum" in payload and not _checksum_matches(payload):
+        raise ParamsFileError(f"{damaged}: its contents do not match the checksum it was written with; {fix}")
     config = ModelConfig.from_dict(json.loads(payload["model_config"]))
     params = payload["params"]
     check_param_tree(params, config, f"params in {path!r}")

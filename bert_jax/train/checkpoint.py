@@ -5,11 +5,13 @@ Layout of a run's checkpoint directory:
         state/      train-state pytree (params, opt_state, step, rng), sharded arrays via StandardSave
         data_iter/  data-iterator state (JSON)      config/    resolved config (JSON)
         manifest/   data manifest (JSON)            commit_success.txt   written last: the commit marker
+        checksums.json   sha256 of each file above, written right before the marker (bert_jax/train/commit.py)
     <directory>/<step>.orbax-checkpoint-tmp        a save in progress (renamed to <step> when done)
     <directory>/quarantine/<name>.<unix time>      incomplete or corrupt saves set aside on resume
 
-Completeness: a step is complete when its directory carries the commit marker and restores. A save in
-progress, one a crash interrupted, or one whose files are damaged is never read as complete:
+Completeness: a step is complete when its directory carries the commit marker, every file matches checksums.json
+and it restores. A save in progress, one a crash interrupted, or one whose files are damaged (truncated, or a bit
+flipped that leaves them readable) is never read as complete:
 `restore_latest` skips it with a warning naming it and falls back to the previous one. Skipped steps
 (and stale tmp directories) are *moved* to quarantine/, never deleted, so a resumed run can save that
 step again and the evidence stays for inspection; the only deletions are orbax's keep-last-N/best-N
@@ -28,7 +30,6 @@ What makes a step complete, and reading a finished checkpoint's params outside a
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import time
@@ -38,6 +39,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from bert_jax import interrupts
+from bert_jax.outputs import is_disk_full
+from bert_jax.train.commit import last_verified_step, temporary_path_class, unusable_reason  # noqa: F401
 # The layout's read side (which steps are complete) sits below train/, with the weight loader that reads it;
 # COMMIT_MARKER and ITEM_NAMES are re-exported for those who write or inspect the layout here.
 from bert_jax.weights import (COMMIT_MARKER, ITEM_NAMES, complete_steps, incomplete_reason,  # noqa: F401
@@ -88,7 +91,8 @@ def open_manager(directory: str, *, keep_last: int = 3, keep_best: int = 0, best
         # best_fn only makes orbax record metrics; which steps survive is the preservation policy.
         best_fn=best_fn, best_mode=best_mode,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=False, create=True)
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=False, create=True,
+        temporary_path_class=temporary_path_class(directory))  # checksums.json is committed with the marker
     # Handlers named up front so a fresh manager can read metadata before anything was saved.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(), "manifest": ocp.JsonCheckpointHandler()}
@@ -145,7 +149,7 @@ def _save_error(manager: ocp.CheckpointManager, error: BaseException, step: int 
         manager.close()
     except Exception:  # noqa: BLE001 -- the same failure again; the first one is being reported
         pass
-    if _is_disk_full(error):
+    if is_disk_full(error):
         reason = "no space left on device"
     else:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -159,18 +163,6 @@ def _save_error(manager: ocp.CheckpointManager, error: BaseException, step: int 
             else "no complete checkpoint exists yet")
     return CheckpointSaveError(f"saving checkpoint {what} in {directory} failed: {reason}{left}; {kept}; "
                                f"free space or fix the cause, then resume")
-
-
-def _is_disk_full(error: BaseException | None) -> bool:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(error) or "ENOSPC" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
 
 
 # ------------------------------------------------------------------------------------------ restore
@@ -222,7 +214,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     candidates = step_directories(directory)
     skipped = []
     for step, path in reversed(candidates):
-        reason = incomplete_reason(path)
+        reason = unusable_reason(path)
         if reason is None:
             try:
                 restored = restore_checkpoint(manager, step, target)

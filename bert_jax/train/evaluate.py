@@ -15,7 +15,9 @@ causal (LTR) model is scored on next-token prediction instead. Beside each perpl
 (from the workdir's manifest, or --train_data; failing both, the evaluated set's, which flatters the floor and
 is said so), and the ratio model/floor: ~1 means the model learned nothing beyond token frequencies.
 
-Prints one line and writes the JSON (--out). Exit codes: 0 done, 2 bad input (one line naming it).
+Prints one line and writes the JSON (--out). Exit codes: 0 done, 2 bad input (one line naming it; a damaged checkpoint
+step, params file or data shard, or an --out that cannot be written, among them), 4 --out could not be written
+(e.g. disk full).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bert_jax import outputs
 from bert_jax.data.corpus import FORMAT_HELP, FORMATS, CorpusError, ReaderOptions
 from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.pipeline import make_eval_iterator
@@ -209,20 +212,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size < 1 or args.max_examples < 0 or not 0 < args.mask_rate < 1:
             raise EvaluateError("--batch_size must be at least 1, --max_examples at least 0, --mask_rate in (0, 1)")
+        outputs.writable_file(args.out, "--out")  # before the work: a read-only or directory --out fails now
         result = evaluate(args)
     except (EvaluateError, InitError, UnigramError, CorpusError, DataError, ValueError, FileNotFoundError) as e:
         print(f"bert-jax evaluate: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+        return outputs.EXIT_BAD_INPUT
+    except OSError as e:  # e.g. a full disk under the scratch directory text --data is tokenised into
+        print(f"bert-jax evaluate: {e.filename}: {outputs.reason(e)}; {outputs.fix(e)}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED if outputs.is_disk_full(e) else outputs.EXIT_BAD_INPUT
+    tmp = f"{args.out}.tmp-{os.getpid()}"
     try:
-        directory = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{args.out}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-        os.replace(tmp, args.out)
-    except OSError as e:
-        print(f"bert-jax evaluate: cannot write --out {args.out} ({e.strerror}); pass a writable path", file=sys.stderr)
-        return 2
+        with outputs.write_errors_as_one_line(f"writing --out {args.out}", "no partial file was left under that name"):
+            try:
+                with open(tmp, "w") as f:
+                    json.dump(result, f, indent=2, sort_keys=True)
+                os.replace(tmp, args.out)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+    except outputs.WriteError as e:
+        print(f"bert-jax evaluate: {e}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED
     print(summary_line(result) + f" -> {args.out}")
     return 0
 

@@ -4,6 +4,10 @@ Writes the encoder with BERT's pretraining heads (the tree of `BertForPreTrainin
 `bert_jax.interop.load_params` and convertible to transformers). Heads the run did not train (an MLM head
 for ELECTRA's discriminator, the NSP head of a run without NSP) are freshly initialised, with a warning;
 networks that only serve pretraining (ELECTRA's generator, a distillation teacher) are left out.
+
+The checkpoint step is verified against its checksums before it is read: a damaged step is refused (exit 2), one
+line naming it and the other complete steps. Exit codes: 0 written; 2 bad input (the workdir, the step, an --out
+that cannot be written); 4 --out could not be written (e.g. disk full), nothing partial left under its name.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bert_jax import outputs
 from bert_jax.interop.params_file import save_params
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.pretraining import BertForPreTraining
@@ -46,11 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="a checkpoint step (default: the newest complete)")
     args = parser.parse_args(argv)
     try:
+        outputs.writable_file(args.out, "--out")
         weights = load_weights(args.workdir, "--workdir", step=args.step)
         config = weights.config
-        save_params(args.out, config, pretraining_params(weights.params, config))
+        with outputs.write_errors_as_one_line(f"writing --out {args.out}", "no partial file was left under that name"):
+            save_params(args.out, config, pretraining_params(weights.params, config))
     except (FileNotFoundError, ValueError) as e:
         print(f"bert-jax export: {e}", file=sys.stderr)
-        return 1
+        return outputs.EXIT_BAD_INPUT
+    except outputs.WriteError as e:
+        print(f"bert-jax export: {e}", file=sys.stderr)
+        return outputs.EXIT_WRITE_FAILED
     print(json.dumps({"exported": args.out, "step": weights.step, "model": config.to_dict()}))
     return 0

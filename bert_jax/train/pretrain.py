@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bert_jax import configlib, dirlock
+from bert_jax import configlib, dirlock, outputs
 from bert_jax.compile_cache import enable_compile_cache
 from bert_jax.data.masking import num_predictions
 from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
@@ -72,6 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     check_train(config)
     opt_cfg, speed = optimizer_config(config), speed_config(config)  # checked before anything starts
     setup_distributed(config)
+    outputs.writable_directory(workdir, "--workdir")  # read-only, not a directory, ...: one line, before any work
     # Signals caught from here on are stop requests (the CLI installed the same handlers before importing jax).
     preempted = ckpt.install_preemption_handler()
     try:
@@ -235,10 +236,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, opt_cfg, speed, preemp
         host = strategy.metrics(metrics)
         if float(host["nonfinite"]) > 0:
             if t.on_nonfinite == "stop":
-                good = ckpt.complete_steps(os.path.join(workdir, "checkpoints"))
+                # Named only once its files match their checksums: a damaged step is never "good".
+                good = ckpt.last_verified_step(os.path.join(workdir, "checkpoints"))
                 raise NonFiniteLossError(
                     f"loss or gradient is not finite at step {pending_step}; stopping. The last good checkpoint is "
-                    f"{'step ' + str(good[-1]) if good else 'none'} in {workdir}/checkpoints (lower the learning "
+                    f"{'none' if good is None else 'step ' + str(good)} in {workdir}/checkpoints (lower the learning "
                     "rate, or set train.on_nonfinite=skip)")
             log.warning("skipped the update of step %d: loss or gradient not finite", pending_step)
         summary = summarize(host)
@@ -327,17 +329,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bert-jax pretrain: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    enable_compile_cache()  # a restarted or repeated run loads its compiled steps ($BERT_JAX_COMPILE_CACHE)
-    try:
-        final = run(config, args.workdir)
-    except NonFiniteLossError as e:
+    try:  # checked first: the log below goes into it
+        outputs.writable_directory(args.workdir, "--workdir")
+    except outputs.OutputError as e:
         print(f"bert-jax pretrain: {e}", file=sys.stderr)
-        return 3
+        return outputs.EXIT_BAD_INPUT
+    enable_compile_cache()  # a restarted or repeated run loads its compiled steps ($BERT_JAX_COMPILE_CACHE)
+    if "://" in args.workdir:  # a bucket: libraries' output stays on the terminal
+        return _run_and_report(config, args.workdir, sys.stderr, None)
+    log_path = os.path.join(args.workdir, "logs", "pretrain.log")
+    with outputs.library_output_to(log_path) as terminal:
+        return _run_and_report(config, args.workdir, terminal, log_path)
+
+
+def _run_and_report(config: ml_collections.ConfigDict, workdir: str, terminal, log_path: str | None) -> int:
+    """Run; each failure is one line on `terminal` with its exit code (the libraries' tracebacks are in the log)."""
+    details = f" (details in {log_path})" if log_path else ""
+
+    def fail(e: BaseException, code: int, suffix: str = "") -> int:
+        print(f"bert-jax pretrain: {_one_line(e)}{suffix}", file=terminal, flush=True)
+        return code
+
+    try:
+        final = run(config, workdir)
+    except NonFiniteLossError as e:
+        return fail(e, 3)
     except (ValueError, FileNotFoundError) as e:  # bad input: one line naming it and the fix, no traceback
-        print(f"bert-jax pretrain: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except ckpt.CheckpointSaveError as e:  # e.g. disk full; the message names the step kept
-        print(f"bert-jax pretrain: {_one_line(e)}", file=sys.stderr)
-        return 4
+        return fail(e, outputs.EXIT_BAD_INPUT)
+    except (ckpt.CheckpointSaveError, outputs.WriteError) as e:  # e.g. disk full; the message names what is kept
+        return fail(e, outputs.EXIT_WRITE_FAILED, details)
+    except OSError as e:  # another file the run could not read or write
+        code = outputs.EXIT_WRITE_FAILED if outputs.is_disk_full(e) else outputs.EXIT_BAD_INPUT
+        return fail(ValueError(f"{e.filename or 'a file'}: {outputs.reason(e)}; {outputs.fix(e)}"), code, details)
     _say("final: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
     return 0
