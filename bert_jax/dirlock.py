@@ -117,3 +117,15 @@ def hold(directory: str, flag: str, command: str, note: Callable[[str], None] = 
         yield
     finally:
         release(fd)
+
+
+def remove_if_unused(directory: str) -> None:
+    """Remove a directory this run created that holds nothing but the lock file (a run refused for bad input
+    leaves no trace); anything else in it stays."""
+    try:
+        if set(os.listdir(directory)) <= {LOCK_FILE}:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, LOCK_FILE))
+            os.rmdir(directory)
+    except OSError:
+        pass

@@ -73,6 +73,9 @@ def is_disk_full(error: BaseException | None) -> bool:
             return True
         if "No space left on device" in str(error) or "ENOSPC" in str(error):
             return True
+        # A short write with no errno (io's "2048 requested and 2016 written"): the disk filled mid-write.
+        if isinstance(error, OSError) and error.errno is None and " requested and " in str(error):
+            return True
         error = error.__cause__ or error.__context__
     return False
 

@@ -418,20 +418,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    existed = os.path.exists(a.output)
     try:  # one writer per dataset: a second make-data on this --output stops here, having changed nothing
+        outputs.writable_directory(a.output, "--output")  # a file, read-only, ...: one line before any work
         lock = dirlock.acquire(a.output, "--output", "bert-jax make-data")
-    except dirlock.DirectoryInUse as e:
+    except (dirlock.DirectoryInUse, outputs.OutputError) as e:
         print(f"make-data: {e}", file=sys.stderr)
         return 2
+    code = 1
     try:
-        return _main(a)
+        code = _main(a)
+        return code
     finally:
         dirlock.release(lock)
+        if code != 0 and not existed:  # refused (e.g. a corpus of no examples): leave no empty --output behind
+            dirlock.remove_if_unused(a.output)
 
 
 def _main(a: argparse.Namespace) -> int:
     try:
-        outputs.writable_directory(a.output, "--output")  # a file, read-only, ...: one line before any work
         if a.input == ["builtin"]:
             prepare_builtin_dataset(
                 os.path.join(a.output, "builtin-source"), mode=a.mode, seq_len=a.seq_len, vocab_size=a.vocab_size,

@@ -197,9 +197,16 @@ def score(task, splits: dict, result: dict, log) -> dict:
 
 def run(args) -> dict:
     """Fine-tune as `args` say (see `parser`); one writer per --workdir (a second one fails at once)."""
+    check_args(args)  # before loading or creating anything
+    existed = os.path.exists(args.workdir)
     outputs.writable_directory(args.workdir, "--workdir")  # read-only, a file, ...: one line before any work
-    with dirlock.hold(args.workdir, "--workdir", "bert-jax finetune"):
-        return _run(args)
+    try:
+        with dirlock.hold(args.workdir, "--workdir", "bert-jax finetune"):
+            return _run(args)
+    except BaseException:
+        if not existed:  # refused before writing anything (a bad task option, init or split): no empty workdir
+            dirlock.remove_if_unused(args.workdir)
+        raise
 
 
 def _run(args) -> dict:
@@ -208,7 +215,6 @@ def _run(args) -> dict:
     from bert_jax.finetune.train import Setting, run_setting
 
     log = lambda m: print(m, flush=True)  # noqa: E731
-    check_args(args)  # before loading anything
     cache = enable_compile_cache()  # before the first compile (a random init compiles)
     options = {k: getattr(args, k) for k in ("train_file", "dev_file", "test_file", "doc_stride", "max_query_len",
                                              "max_answer_len", "n_best", "null_threshold")}
