@@ -2,10 +2,10 @@
 
 Per row, `perm_rank` [B, L] (0 = first in the order): the special tokens first (context for everyone, never
 predicted; by position among themselves), then the row's candidate tokens (real, not special) in a uniformly
-random order, then padding. The targets are the last round(n / K) candidates of the order (at least one when the
-row has any; n = its candidates): XLNet's partial prediction, K = 6 or 7 in the paper. They are written as
-masked_positions / masked_ids / masked_weights [B, ceil(L / K)], MLM's fields, so the unigram floor scores
-them alike; input_ids are unchanged (PLM hides tokens with attention masks, never by replacing them).
+random order, then padding. The targets are the last round(n / K) candidates of the order (n: the row's
+candidates; at least one when it has any, never the first of the order): XLNet's partial prediction, K = 6 or 7
+in the paper. They are written as masked_positions / masked_ids / masked_weights [B, ceil(L / K)], MLM's
+fields, so the unigram floor scores them alike; input_ids are unchanged (PLM hides tokens with attention masks, never by replacing them).
 A packed row has one order over all its examples (attention stays inside each example).
 """
 from __future__ import annotations
@@ -32,5 +32,8 @@ def factorisation_order(real: np.ndarray, candidate: np.ndarray, u: np.ndarray, 
     n = candidate.sum(axis=1)
     budget = np.where(n > 0, np.minimum(p, np.maximum(1, np.rint(n / k).astype(np.int64))), 0)
     first_candidate = (real & ~candidate).sum(axis=1)  # candidates hold ranks [first, first + n)
+    # a target's query stream needs something earlier to attend to (an empty row would average every key, its own
+    # included): pipeline rows start with [CLS], so this only trims rows made without special tokens
+    budget = np.maximum(np.minimum(budget, first_candidate + n - 1), 0)
     targets = candidate & (rank >= (first_candidate + n - budget)[:, None])
     return rank.astype(np.int32), targets
