@@ -5,7 +5,7 @@ The pipeline's 'permutation' masking (bert_jax/data/permutation.py) draws one or
 encoder runs in two streams that share every layer's weights (model/encoder.py, `QueryStream`):
   - the content stream h: position i attends to every j with rank[j] <= rank[i] (itself included), so h_i
     encodes its token and what precedes it in the order;
-  - the query stream g, at the targets only: g starts from a learned vector (`plm_query_embedding`, standing in
+  - the query stream g, at the targets only: g starts from a learned vector (`plm_query`, standing in
     for the token) plus the position and segment embeddings, and at each layer attends to the content stream's
     input of that layer at every j with rank[j] < rank[i]: it knows where it is, never what it is.
 The targets' logits come from the final g through an MLM-shaped head (`plm_head`: dense, GELU, LayerNorm, the
@@ -14,13 +14,15 @@ as pretraining, with plain bidirectional attention (the content stream with ever
 Positions: whatever the encoder uses (`learned` as BERT; `relative`, XLNet's choice, and `rotary` work too, as
 the query stream carries its positions into each layer's attention).
 """
+import flax.linen as nn
+
 from bert_jax.model.encoder import QueryStream
 from bert_jax.model.heads import MLMHead
 from bert_jax.model.layers import normal_init
 from bert_jax.model.pretraining import READS_NOTHING
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
-PLM_HEAD, QUERY_EMBEDDING = "plm_head", "plm_query_embedding"
+PLM_HEAD, QUERY_EMBEDDING = "plm_head", "plm_query"
 # Single-segment text first (XLNet trains on it); pairs work too.
 MODES = ("full-sentences", "doc-sentences", "single", "segment-pair", "sentence-order", "sentence-pair")
 
@@ -33,11 +35,22 @@ def permutation_masks(perm_rank):
     return earlier_or_same[:, None], earlier[:, None]
 
 
+class QueryEmbedding(nn.Module):
+    """XLNet's w: the one learned vector the query stream starts from wherever a token is hidden."""
+
+    config: object  # ModelConfig
+
+    @nn.compact
+    def __call__(self):
+        cfg = self.config
+        axis = "embed_factor" if cfg.factorized else "embed"
+        return self.param("embedding", normal_init(cfg, (axis,)), (cfg.embed_dim,), cfg.param_dtype)
+
+
 def two_stream(ctx):
     """(logits [B, P, V] at the targets, the encoder's output) from one two-stream pass."""
     cfg, b = ctx.config, ctx.batch
-    axis = "embed_factor" if cfg.factorized else "embed"
-    stand_in = ctx.module.param(QUERY_EMBEDDING, normal_init(cfg, (axis,)), (cfg.embed_dim,), cfg.param_dtype)
+    stand_in = QueryEmbedding(cfg, name=QUERY_EMBEDDING)()
     content, query = permutation_masks(b["perm_rank"])
     stream = QueryStream(positions=b["masked_positions"], content_mask=content, query_mask=query, embedding=stand_in)
     out = ctx.encoder(b["input_ids"], b.get("token_type_ids"), b.get("input_mask"), b.get("position_ids"),
