@@ -339,6 +339,8 @@ RUNS = {  # objectives -> (data mode, {term that must fall: by at least this fac
     "mlm+sbo": ("single", {"mlm_loss": 0.85, "sbo_loss": 0.85}),
     "electra": ("full-sentences", {"generator_loss": 0.9, "rtd_loss": 0.8}),
     "mlm+corrupted": ("full-sentences", {"corrupted_loss": 0.85}),
+    "plm": ("full-sentences", {"plm_loss": 0.85}),
+    "span_corruption": ("full-sentences", {"span_corruption_loss": 0.85}),
 }
 
 

@@ -144,7 +144,8 @@ def test_streams_see_nothing_later_and_the_query_stream_not_its_own_token(positi
 @pytest.mark.slow
 def test_plm_learns_the_chain_far_below_the_unigram_floor(chain_data, tmp_path):
     start = time.perf_counter()
-    final = learning._train(chain_data["single"], str(tmp_path), objectives="plm")
+    final = learning._train(chain_data["single"], str(tmp_path), objectives="plm", train__steps=500,
+                            optimizer__learning_rate=5e-3, optimizer__warmup_steps=50, train__eval_every=500)
     # Each word follows from either neighbour, and 5/6 of a row (every non-target) precedes the targets in the order.
     assert final["plm_accuracy"] > 0.6, final
     assert final["plm_unigram_perplexity"] > 40 and final["plm_perplexity_ratio"] < 0.3, final
