@@ -10,8 +10,7 @@ apart) or random:SOURCE. --data is a `make-data` directory, or text files in any
 
 Masked-LM models (the default, `mlm+nsp`; a workdir's own objectives when it has them) are scored on masks drawn
 from --seed, the same for every model given the same data and seed, over the whole set or --max_examples. A
-causal (LTR) model is scored on next-token prediction instead; a plm (XLNet) or span_corruption (T5) run on its
-own objective (orders or spans drawn from --seed; its options, not --mask_rate, set how many). Beside each perplexity stands the unigram floor
+causal (LTR) model is scored on next-token prediction instead. Beside each perplexity stands the unigram floor
 (`bert_jax.data.unigram`): the perplexity of the pretraining data's own token frequencies on the same targets
 (from the workdir's manifest, or --train_data; failing both, the evaluated set's, which flatters the floor and
 is said so), and the ratio model/floor: ~1 means the model learned nothing beyond token frequencies.
@@ -43,7 +42,7 @@ from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.train.step import make_eval_step, summarize
 from bert_jax.weights import Weights, find_head
 
-SCORABLE = ("mlm", "nsp", "sop", "ltr", "plm", "span_corruption")  # objectives whose heads make a held-out score
+SCORABLE = ("mlm", "nsp", "sop", "ltr")  # objectives whose heads make a held-out score
 
 
 class EvaluateError(ValueError):
@@ -169,7 +168,7 @@ def evaluate(args) -> dict:
 def summary_line(result: dict) -> str:
     parts = [f"evaluate {result['checkpoint']}"
              + (f"@{result['step']}" if result.get("step") is not None else "") + f" on {int(result['examples'])} examples:"]
-    for prefix in ("mlm", "ltr", "plm", "span_corruption_token"):
+    for prefix in ("mlm", "ltr"):
         if f"{prefix}_perplexity" in result:
             parts.append(f"{prefix} loss {result[prefix + '_loss']:.4f} acc {result[prefix + '_accuracy']:.4f} "
                          f"ppl {result[prefix + '_perplexity']:.1f} vs unigram {result[prefix + '_unigram_perplexity']:.1f} "
