@@ -5,7 +5,8 @@ predicted; by position among themselves), then the row's candidate tokens (real,
 random order, then padding. The targets are the last round(n / K) candidates of the order (n: the row's
 candidates; at least one when it has any, never the first of the order): XLNet's partial prediction, K = 6 or 7
 in the paper. They are written as masked_positions / masked_ids / masked_weights [B, ceil(L / K)], MLM's
-fields, so the unigram floor scores them alike; input_ids are unchanged (PLM hides tokens with attention masks, never by replacing them).
+fields, so the unigram floor scores them alike; input_ids are unchanged (PLM hides tokens with attention masks,
+never by replacing them).
 A packed row has one order over all its examples (attention stays inside each example).
 """
 from __future__ import annotations
