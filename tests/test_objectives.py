@@ -60,6 +60,7 @@ def small_config(objectives, data_path, steps, strategy="mesh", options=None, **
     c.objectives = objectives
     c.objective_options = ml_collections.ConfigDict(options or {})
     c.data.path, c.data.eval_path, c.data.max_predictions = data_path, "", 10
+    c.data.seq_len = 64  # the dataset's, so the cap of 10 predictions is its mask rate's (15% of 64), not below it
     for k, v in dict(hidden_size=64, num_heads=2, intermediate_size=128, num_layers=1, dropout_rate=0.0,
                      attention_dropout_rate=0.0, max_position_embeddings=64, **model).items():
         c.model[k] = v
