@@ -12,6 +12,7 @@ import os
 import random
 
 import jax
+import ml_collections
 import pytest
 
 import _pretrain_helpers as h
@@ -52,13 +53,17 @@ def chain_data(tmp_path_factory):
     return out
 
 
-def _train(data_dir, workdir, **extra):
+def _train(data_dir, workdir, options=None, **extra):
+    """The final eval row of a small run on `data_dir`; `options`: objective_options (the objectives' own keys)."""
     values = dict(model__hidden_size=64, model__num_heads=2, model__intermediate_size=128, model__num_layers=2,
                   model__max_position_embeddings=32, data__seq_len=32, train__global_batch_size=32,
                   train__steps=800, optimizer__learning_rate=3e-3, optimizer__warmup_steps=80,
                   train__eval_every=800, train__eval_batches=4, train__log_every=50)
     values.update(extra)
-    pretrain.run(h.load_config(h.overrides((data_dir, data_dir), **values)), workdir)
+    config = h.load_config(h.overrides((data_dir, data_dir), **values))
+    if options:
+        config.objective_options = ml_collections.ConfigDict(options)
+    pretrain.run(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         evals = [r for r in map(json.loads, f) if r["split"] == "eval"]
     return evals[-1]

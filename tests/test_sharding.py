@@ -38,9 +38,11 @@ def test_every_param_has_logical_names_the_rules_know():
 
 
 @pytest.mark.parametrize("spec, mode", [("mlm+nsp", None), ("mlm+sop", None), ("ltr", None), ("mlm+sbo", "span"),
-                                        ("electra", None), ("corrupted", None)])
+                                        ("electra", None), ("corrupted", None), ("plm", None),
+                                        ("span_corruption", None)])
 def test_every_objective_head_param_has_logical_names_the_rules_know(spec, mode):
     """The heads objectives create (and ELECTRA's generator) shard by the same rules as the encoder."""
+    from bert_jax.data.masking import MaskingConfig, example_fields
     from bert_jax.model.pretraining import PretrainModel
     from bert_jax.objectives import ObjectiveSet
     from bert_jax.train.state import example_batch
@@ -51,6 +53,8 @@ def test_every_objective_head_param_has_logical_names_the_rules_know(spec, mode)
     if objectives.masking == "span":
         batch.update(span_left=jnp.zeros((8, 3), jnp.int32), span_right=jnp.ones((8, 3), jnp.int32),
                      span_offset=jnp.zeros((8, 3), jnp.int32))
+    masking = MaskingConfig(kind=objectives.masking, **objectives.masking_options)
+    batch.update({k: jnp.asarray(v) for k, v in example_fields(masking, 8, 16).items()})
     model = PretrainModel(CFG.replace(causal=objectives.causal), objectives)
     abstract = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, batch))
     flat = flatten_dict(nn.get_partition_spec(abstract)["params"])

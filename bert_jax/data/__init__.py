@@ -13,4 +13,9 @@ The batch contract (what `data.pipeline` yields and `objectives/*` consume), per
   sentence_label  int32 [B]     NSP: 1 = B is random, 0 = B follows A; SOP: 1 = swapped. -1 = none
 Span masking adds span_left, span_right int32 [B, P] (positions of the tokens just outside each
 masked span, for SpanBERT's SBO) and span_offset int32 [B, P] (0-based index inside the span).
+Permutation masking (XLNet, `permutation.py`) adds perm_rank int32 [B, L] (each position's place in the row's
+factorisation order) and writes its prediction targets as masked_*. T5 span masking (`noise_spans.py`) rewrites
+input_ids / input_mask / token_type_ids / position_ids (spans collapsed to sentinel slots) and adds
+input_sentinels int32 [B, L] (k + 1 at the k-th sentinel slot), target_ids, target_sentinels int32 [B, T] and
+target_weights float32 [B, T] (the decoder's targets; masked_* have P = 0).
 """

@@ -18,6 +18,9 @@ its segment; a span that overruns the budget is cut back to the whole words that
 is decided once per span (SpanBERT) and per token for 'mlm' and 'wwm' (BERT).
 
 kind='none' (left-to-right LM) returns the ids unchanged and masked_* arrays with P = 0.
+kind='permutation' (XLNet's factorisation orders, `data/permutation.py`) and kind='t5_spans' (T5's span
+corruption, `data/noise_spans.py`) draw from the same counter-based streams; their objectives set their options
+(`permutation_k`; `noise_density`, `mean_span_length`), which have no defaults here.
 """
 from __future__ import annotations
 
@@ -27,11 +30,13 @@ from typing import Mapping
 
 import numpy as np
 
-MASK_KINDS = ("mlm", "wwm", "span", "none")
+from bert_jax.data import noise_spans, permutation
+
+MASK_KINDS = ("mlm", "wwm", "span", "none", "permutation", "t5_spans")
 SPECIAL_NAMES = ("pad", "unk", "cls", "sep", "mask")
 
 # Streams keep the draws of different purposes independent of each other.
-_SELECT, _ACTION, _RANDOM_ID, _SPAN_LENGTH, _SPAN_START = 1, 2, 3, 4, 5
+_SELECT, _ACTION, _RANDOM_ID, _SPAN_LENGTH, _SPAN_START, _ORDER, _NOISE_CUTS, _KEPT_CUTS = 1, 2, 3, 4, 5, 6, 7, 8
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -51,6 +56,9 @@ class MaskingConfig:
     max_predictions: int | None = None  # None: ceil(rate * seq_len), BERT's 20 at 128
     span_p: float = 0.2
     span_max_words: int = 10
+    permutation_k: int | None = None  # 'permutation': predict the last 1/K of the order (objective plm's option)
+    noise_density: float | None = None  # 't5_spans' (objective span_corruption's options)
+    mean_span_length: float | None = None
 
     def __post_init__(self):
         # Messages name the config keys these fields are read from (pretraining's data section).
@@ -67,12 +75,22 @@ class MaskingConfig:
                                "ceil(data.mask_rate * seq_len)")
         if not 0.0 < self.span_p <= 1.0 or self.span_max_words < 1:
             raise MaskingError(f"span_p={self.span_p} must be in (0, 1] and span_max_words={self.span_max_words} >= 1")
+        if self.kind == "permutation" and not (isinstance(self.permutation_k, int) and self.permutation_k >= 1):
+            raise MaskingError(f"permutation masking needs permutation_k >= 1 (got {self.permutation_k!r}); the plm "
+                               "objective's option partial_prediction_k sets it (XLNet: 6 or 7)")
+        if self.kind == "t5_spans" and not (self.noise_density is not None and 0.0 < self.noise_density < 1.0
+                                            and self.mean_span_length is not None and self.mean_span_length >= 1.0):
+            raise MaskingError(f"t5_spans masking needs noise_density in (0, 1) and mean_span_length >= 1 (got "
+                               f"{self.noise_density!r}, {self.mean_span_length!r}); the span_corruption "
+                               "objective's options set them (T5: 0.15 and 3)")
 
 
 def num_predictions(config: MaskingConfig, seq_len: int) -> int:
     """P, the width of the masked_* arrays."""
-    if config.kind == "none":
+    if config.kind in ("none", "t5_spans"):  # T5's targets have their own width (noise_spans.target_length)
         return 0
+    if config.kind == "permutation":
+        return permutation.num_targets(seq_len, config.permutation_k)
     if config.max_predictions is not None:
         return int(config.max_predictions)
     return int(math.ceil(config.rate * seq_len - 1e-9))
@@ -279,6 +297,22 @@ def _select_spans(states, words, budget, config: MaskingConfig, p: int):
     return selected, per_token(first_tok), per_token(end_tok), per_token(action_u)
 
 
+def _no_predictions(b: int) -> dict[str, np.ndarray]:
+    return {"masked_positions": np.zeros((b, 0), np.int32), "masked_ids": np.zeros((b, 0), np.int32),
+            "masked_weights": np.zeros((b, 0), np.float32)}
+
+
+def example_fields(config: MaskingConfig, batch: int, seq_len: int) -> dict[str, np.ndarray]:
+    """Zeros of the shapes of the fields a kind adds to the batch contract, for tracing a model's init."""
+    if config.kind == "permutation":
+        return {"perm_rank": np.zeros((batch, seq_len), np.int32)}
+    if config.kind == "t5_spans":
+        t = noise_spans.target_length(seq_len, config.noise_density, config.mean_span_length)
+        return {"input_sentinels": np.zeros((batch, seq_len), np.int32), "target_ids": np.zeros((batch, t), np.int32),
+                "target_sentinels": np.zeros((batch, t), np.int32), "target_weights": np.zeros((batch, t), np.float32)}
+    return {}
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -298,7 +332,8 @@ def apply_masking(
     example_ids: [B] the row keys (id of each row's first example); rows with a negative key are padding
       and get no predictions.
     Returns input_ids (after replacement), masked_positions, masked_ids, masked_weights [B, P]; 'span'
-    also span_left, span_right, span_offset [B, P].
+    also span_left, span_right, span_offset [B, P]; 'permutation' also perm_rank [B, L]; 't5_spans' its corrupted
+    input_ids, input_mask, token_type_ids, position_ids, input_sentinels [B, L] and target_* [B, T] (P = 0).
     """
     ids = np.asarray(rows["input_ids"], dtype=np.int32)
     b, length = ids.shape
@@ -311,13 +346,25 @@ def apply_masking(
     candidate = real & ~np.isin(ids, special)
     out: dict[str, np.ndarray] = {}
     if config.kind == "none":
-        out["input_ids"] = ids.copy()
-        for name, dtype in (("masked_positions", np.int32), ("masked_ids", np.int32), ("masked_weights", np.float32)):
-            out[name] = np.zeros((b, 0), dtype)
-        return out
+        return {"input_ids": ids.copy(), **_no_predictions(b)}
 
     with np.errstate(over="ignore"):
         states = row_states(seed, epoch, example_ids)
+        if config.kind == "t5_spans":
+            noise = noise_spans.noise_mask(candidate, config.noise_density, config.mean_span_length,
+                                           uniforms(states, _NOISE_CUTS, length), uniforms(states, _KEPT_CUTS, length))
+            target_len = noise_spans.target_length(length, config.noise_density, config.mean_span_length)
+            types = rows.get("token_type_ids", np.zeros_like(ids))
+            out = noise_spans.corrupt(ids, np.asarray(rows["input_mask"]), np.asarray(types), noise, special_ids,
+                                      target_len, real.any(axis=1))
+            return {**out, **_no_predictions(b)}
+        if config.kind == "permutation":
+            rank, selected = permutation.factorisation_order(real, candidate, uniforms(states, _ORDER, length),
+                                                             config.permutation_k, p)
+            positions, valid = _compact(selected, p)
+            return {"input_ids": ids.copy(), "perm_rank": rank, "masked_positions": positions,
+                    "masked_ids": np.where(valid, np.take_along_axis(ids, positions, axis=1), 0).astype(np.int32),
+                    "masked_weights": valid.astype(np.float32)}
         budget = _budget(config, real, candidate, p)
         if config.kind == "mlm":
             selected = _select_tokens(states, candidate, budget)

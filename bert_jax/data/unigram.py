@@ -3,7 +3,9 @@
 A pretrained model has learned something only where it beats predicting every target from its own pretraining
 data's token frequencies. `make-data` records those frequencies in its manifest (`token_counts`, one count per
 vocab id, [PAD] not counted); this module scores them on exactly the targets a batch asks the model for (MLM: the
-masked positions; LTR: every next token, [SEP] included), on the host, with vectorised numpy.
+masked positions; LTR: every next token, [SEP] included; PLM: the last tokens of each order, MLM's fields; T5 span
+corruption: the span tokens of the decoder's targets, which its `span_corruption_token_loss` metric scores, as
+sentinels and the end token are no vocab frequencies), on the host, with vectorised numpy.
 
     p(t) = (count[t] + 1) / (total + V')     (add-one, so a token never seen in pretraining has a finite cost;
                                               V' ids: the vocab less those never a target, [CLS]/[SEP] for MLM)
@@ -19,8 +21,27 @@ from typing import Mapping
 
 import numpy as np
 
-# The loss term each floor shadows, and where a batch keeps its targets.
-TERMS = ("mlm_loss", "ltr_loss")
+from bert_jax.data.noise_spans import span_token_weights
+
+
+def _masked_targets(batch):
+    return batch["masked_ids"], batch["masked_weights"]
+
+
+def _next_token_targets(batch):
+    mask = np.asarray(batch["input_mask"])
+    return batch["input_ids"][:, 1:], ((mask[:, :-1] != 0) & (mask[:, :-1] == mask[:, 1:])).astype(np.float64)
+
+
+def _span_targets(batch):
+    return batch["target_ids"], span_token_weights(np.asarray(batch["target_sentinels"]),
+                                                   np.asarray(batch["target_weights"]))
+
+
+# The loss term each floor shadows, and where a batch keeps its targets (ids, weights).
+TARGETS = {"mlm_loss": _masked_targets, "ltr_loss": _next_token_targets, "plm_loss": _masked_targets,
+           "span_corruption_token_loss": _span_targets}
+TERMS = tuple(TARGETS)
 
 
 class UnigramError(ValueError):
@@ -28,7 +49,8 @@ class UnigramError(ValueError):
 
 
 # Ids that are never a target of a term: they get no probability mass in its floor.
-NEVER_TARGETS = {"mlm_loss": ("pad", "cls", "sep"), "ltr_loss": ("pad", "cls")}
+NEVER_TARGETS = {"mlm_loss": ("pad", "cls", "sep"), "ltr_loss": ("pad", "cls"), "plm_loss": ("pad", "cls", "sep"),
+                 "span_corruption_token_loss": ("pad", "cls", "sep")}
 
 
 @dataclass(frozen=True)
@@ -65,14 +87,9 @@ class UnigramFloor:
 
     def batch_sums(self, batch: Mapping[str, np.ndarray], term: str) -> dict[str, float]:
         """{'sum/<floor>': total -log p over the batch's weighted targets, 'count/<floor>': their weight}."""
-        if term == "mlm_loss":
-            targets, weights = batch["masked_ids"], batch["masked_weights"]
-        elif term == "ltr_loss":
-            mask = np.asarray(batch["input_mask"])
-            targets = batch["input_ids"][:, 1:]
-            weights = ((mask[:, :-1] != 0) & (mask[:, :-1] == mask[:, 1:])).astype(np.float64)
-        else:
+        if term not in TARGETS:
             raise ValueError(f"no unigram floor for loss term {term!r}; one of {TERMS}")
+        targets, weights = TARGETS[term](batch)
         weights = np.asarray(weights, np.float64)
         nll = self.neg_log_prob(term)[np.asarray(targets)]
         nll = np.where(weights > 0, nll, 0.0)  # padding slots may hold an id that is never a target

@@ -178,8 +178,10 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool,
-                 query_positions: Array | None = None) -> Array:
-        """Outputs [B, L, H], or [B, P, H] at `query_positions` [B, P] only (keys and values from all of x)."""
+                 query_positions: Array | None = None, query_inputs: Array | None = None) -> Array:
+        """Outputs [B, L, H], or [B, P, H] at `query_positions` [B, P] only (keys and values from all of x).
+        `query_inputs` [B, P, H]: the queries at `query_positions` are computed from these instead of from x there
+        (XLNet's query stream, which must not read its own token; see `Encoder`'s query_stream)."""
         cfg = self.config
         # One fused projection for q, k and v: one matmul instead of three.
         projection = dense(cfg, (3, cfg.num_heads, cfg.head_dim), -1, ("embed", "qkv", "heads", "kv"),
@@ -191,7 +193,8 @@ class SelfAttention(nn.Module):
         else:
             kv = checkpoint_name(projection(x, slice(1, 3)), "qkv_out")
             k, v = kv[:, :, 0], kv[:, :, 1]
-            q = checkpoint_name(projection(gather_positions(x, query_positions), slice(0, 1)), "qkv_out")[:, :, 0]
+            q_source = gather_positions(x, query_positions) if query_inputs is None else query_inputs
+            q = checkpoint_name(projection(q_source, slice(0, 1)), "qkv_out")[:, :, 0]
             q_positions = gather_positions(position_ids, query_positions)
             mask = gather_queries(mask, query_positions)
             bias = None if bias is None else gather_queries(bias, query_positions)
@@ -242,16 +245,22 @@ class TransformerLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, bias: Array | None, position_ids: Array, deterministic: bool,
-                 query_positions: Array | None = None) -> Array:
+                 query_positions: Array | None = None, query_inputs: Array | None = None) -> Array:
         """[B, L, H] -> [B, L, H], or [B, P, H] at `query_positions` [B, P]: every position still serves as a key
-        and value, but the rest of the layer runs at those positions only (see `Encoder`'s output_positions)."""
+        and value, but the rest of the layer runs at those positions only (see `Encoder`'s output_positions).
+        With `query_inputs` [B, P, H] the rest of the layer runs on them (queries and residual) instead of on x at
+        those positions: XLNet's query stream, with this layer's weights and x as keys and values."""
         cfg = self.config
         drop = make_dropout(self.speed.dropout_rng, cfg.dropout_rate)
         pre = cfg.norm == "pre"
-        h = LayerNorm(cfg, name="attention_norm")(x) if pre else x
+        pre_norm = LayerNorm(cfg, name="attention_norm") if pre else None
+        h = pre_norm(x) if pre else x
+        queries = query_inputs if query_inputs is None or not pre else pre_norm(query_inputs)
         attention = SelfAttention(cfg, self.speed, name="attention")
-        h = attention(h, mask, bias, position_ids, deterministic, query_positions)
-        if query_positions is not None:
+        h = attention(h, mask, bias, position_ids, deterministic, query_positions, queries)
+        if query_inputs is not None:
+            x = query_inputs
+        elif query_positions is not None:
             x = gather_positions(x, query_positions)
         x = x + drop(h, deterministic=deterministic)
         x = x if pre else LayerNorm(cfg, name="attention_norm")(x)

@@ -15,7 +15,9 @@ by its name (nothing else to edit). It declares
   - `options`: its options and their defaults (the only place they are written; configs set what they change);
   - optionally `prepare_options(options)` (run once when the set is parsed, e.g. to read a teacher's config)
     and `load_frozen(options)`: variable collections that are inputs, never trained (a distillation teacher);
-    the steps take them as an argument and pass them to `model.apply` beside 'params'.
+    the steps take them as an argument and pass them to `model.apply` beside 'params';
+  - optionally `masking_options(options)`: the fields of the pipeline's MaskingConfig its options set (plm's K,
+    span_corruption's noise density), so an option of the objective reaches the host-side masking.
 The training loop only ever sees sums and denominators: adding an objective never edits it.
 """
 from __future__ import annotations
@@ -39,7 +41,7 @@ Batch = Mapping[str, Array]
 class Objective:
     name: str
     data_modes: tuple[str, ...]
-    masking: str  # 'mlm' (token MLM; the data config may choose 'wwm'), 'span', or 'none'
+    masking: str  # 'mlm' (token MLM; the data config may choose 'wwm'), 'span', 'permutation', 't5_spans' or 'none'
     denominators: Callable[[Batch], dict[str, Array]]
     forward: Callable[[Context], dict[str, Array]]
     loss_weights: Mapping[str, float]
@@ -49,11 +51,13 @@ class Objective:
     reads: Callable[[Batch], Array] | str = READS_SEQUENCE  # positions, READS_SEQUENCE or READS_NOTHING
     prepare_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     load_frozen: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    masking_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
 
 # 'span' masking emits everything 'mlm' does (masked_positions/ids/weights) plus the span boundaries, so an
 # objective that needs token MLM inputs trains on span-masked batches too (SpanBERT's MLM + SBO).
-_MASKING_PROVIDES = {"mlm": {"mlm"}, "span": {"mlm", "span"}}
+_MASKING_PROVIDES = {"mlm": {"mlm"}, "span": {"mlm", "span"}, "permutation": {"permutation"},
+                     "t5_spans": {"t5_spans"}}
 
 
 def _pick_masking(needed: set[str]) -> str | None:
@@ -156,6 +160,15 @@ class ObjectiveSet:
     @property
     def masking(self) -> str:
         return _pick_masking({o.masking for o in self.objectives})
+
+    @property
+    def masking_options(self) -> dict[str, Any]:
+        """MaskingConfig fields that the objectives' options set (e.g. plm's permutation_k)."""
+        out: dict[str, Any] = {}
+        for o in self.objectives:
+            if o.masking_options is not None:
+                out.update(o.masking_options(self.options[o.name]))
+        return out
 
     @property
     def data_modes(self) -> tuple[str, ...]:

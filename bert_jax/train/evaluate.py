@@ -97,7 +97,7 @@ def masking_for(objectives: ObjectiveSet, saved: dict | None, seq_len: int, rate
     return MaskingConfig(kind=kind, rate=rate, mask_ratio=float(data.get("mask_ratio", 0.8)),
                          random_ratio=float(data.get("random_ratio", 0.1)),
                          keep_ratio=float(data.get("keep_ratio", 0.1)),
-                         max_predictions=max(1, math.ceil(seq_len * rate)))
+                         max_predictions=max(1, math.ceil(seq_len * rate)), **objectives.masking_options)
 
 
 def dataset_for(args, init: Weights, objectives: ObjectiveSet, scratch: str) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 
 from bert_jax import configlib, dirlock, outputs
 from bert_jax.compile_cache import enable_compile_cache
-from bert_jax.data.masking import num_predictions
+from bert_jax.data.masking import example_fields, num_predictions
 from bert_jax.data.pipeline import make_eval_iterator, make_pretrain_iterator
 from bert_jax.data.unigram import UnigramFloor, accumulate, add_perplexities
 from bert_jax.model.pretraining import PretrainModel, final_layer_positions
@@ -145,7 +145,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, opt_cfg, speed, preemp
     if t.global_batch_size % (dp * opt_cfg.grad_accum_steps):
         raise ValueError(f"train.global_batch_size={t.global_batch_size} must divide into optimizer.grad_accum_steps="
                          f"{opt_cfg.grad_accum_steps} micro-batches of a multiple of {dp} rows")
-    init_batch = example_batch(t.global_batch_size, seq_len, predictions)
+    init_batch = {**example_batch(t.global_batch_size, seq_len, predictions),
+                  **example_fields(masking, t.global_batch_size, seq_len)}
     state, abstract, shardings = create_sharded_state(model, optimizer, init_batch, mesh, t.seed)
 
     # ---- resume (state and the data iterator's position) or initialise from another run

@@ -172,9 +172,11 @@ def masking_config(config: ml_collections.ConfigDict, objectives: ObjectiveSet) 
     kind = objectives.masking
     if kind == "mlm" and d.whole_word:
         kind = "wwm"
-    if kind != "none" and d.max_predictions and d.max_predictions < math.ceil(d.mask_rate * d.seq_len - 1e-9):
+    capped = d.max_predictions and d.max_predictions < math.ceil(d.mask_rate * d.seq_len - 1e-9)
+    if kind in ("mlm", "wwm", "span") and capped:  # plm and T5 size their targets by their own options
         raise ValueError(f"data.max_predictions={d.max_predictions} caps data.mask_rate={d.mask_rate} below its "
                           f"{math.ceil(d.mask_rate * d.seq_len - 1e-9)} masked positions per {d.seq_len}-token example; "
                           "set --config.data.max_predictions=0 (derived from the rate) or raise it")
     return MaskingConfig(kind=kind, rate=d.mask_rate, mask_ratio=d.mask_ratio, random_ratio=d.random_ratio,
-                         keep_ratio=d.keep_ratio, max_predictions=d.max_predictions or None)
+                         keep_ratio=d.keep_ratio, max_predictions=d.max_predictions or None,
+                         **objectives.masking_options)
