@@ -247,11 +247,12 @@ def _run(args) -> dict:
                       dropout=args.dropout)
     model = FineTuneModel(init.config, head)
     widths = bucket_widths(max_len)
+    # The vocab by content, not path: a finetune workdir (or its init) moved elsewhere still skips finished settings.
     protocol = {"learning_rates": args.learning_rates, "seeds": args.seeds, "epochs": args.epochs,
                 "batch_size": args.batch_size, "warmup_fraction": args.warmup_fraction, "max_seq_len": max_len,
                 "variant": args.variant, "features": args.features if args.variant == "features" else None,
                 "pool": "last token" if init.config.causal else "[CLS]", "train_examples": len(train_examples),
-                "eval_examples": {k: len(v.examples) for k, v in scored.items()}, "vocab": tokenizer.path,
+                "eval_examples": {k: len(v.examples) for k, v in scored.items()}, "vocab": tokenizer.fingerprint,
                 "bucket_widths": list(widths)}
     if unlabelled:  # only when there are some: settings finished before test sets were predicted stay valid
         protocol["predict_examples"] = {k: len(v.examples) for k, v in unlabelled.items()}

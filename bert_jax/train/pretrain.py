@@ -330,9 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bert-jax pretrain: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:  # checked first: the log below goes into it
+    try:  # checked first: a config refused here leaves no workdir behind, and the log below goes into it
+        check_train(config)
+        optimizer_config(config), speed_config(config)
         outputs.writable_directory(args.workdir, "--workdir")
-    except outputs.OutputError as e:
+    except (ValueError, outputs.OutputError) as e:
         print(f"bert-jax pretrain: {e}", file=sys.stderr)
         return outputs.EXIT_BAD_INPUT
     enable_compile_cache()  # a restarted or repeated run loads its compiled steps ($BERT_JAX_COMPILE_CACHE)
