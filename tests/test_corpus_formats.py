@@ -159,7 +159,7 @@ def test_a_corpus_that_yields_no_example_is_an_error(tmp_path, capsys):
     one_sentence = _write(tmp_path / "a.txt", "The sun was setting.\n")
     code = make_data.main(["--input", one_sentence, "--output", str(tmp_path / "out"), "--vocab", _vocab(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and "no segment-pair example" in err and str(tmp_path / "a.txt") in err
+    assert code == 2 and "have one sentence" in err and "--mode full-sentences" in err and str(tmp_path / "a.txt") in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "manifest.json").exists()
 
