@@ -17,6 +17,15 @@ from typing import Callable, Sequence
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _stop = threading.Event()
 _sigint_seen = threading.Event()
+# Where the handler's message goes while file descriptor 2 is sent to a log (bert_jax.outputs.library_output_to).
+_terminal_fd: int | None = None
+
+
+def set_terminal_fd(fd: int | None) -> int | None:
+    """Send stop messages to `fd` (None: descriptor 2); returns the previous setting, to put back."""
+    global _terminal_fd
+    previous, _terminal_fd = _terminal_fd, fd
+    return previous
 
 
 def _on_signal(signum, frame) -> None:
@@ -28,7 +37,7 @@ def _on_signal(signum, frame) -> None:
     else:
         message = f"received {signal.Signals(signum).name}: the run saves its current step and stops\n"
     _stop.set()
-    os.write(2, message.encode())  # not print: a handler may run while the main thread is inside a print
+    os.write(2 if _terminal_fd is None else _terminal_fd, message.encode())  # not print: a handler may run while the main thread is inside a print
 
 
 def install(signals: Sequence[int] = STOP_SIGNALS) -> Callable[[], None]:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import sys
 import tempfile
 from typing import Iterator, TextIO
+
+from bert_jax import interrupts
 
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_FAILED = 4
@@ -186,9 +189,14 @@ def library_output_to(log_path: str, own_loggers: str = "bert_jax") -> Iterator[
         root.addHandler(handler)
     os.dup2(log.fileno(), 2)
     sys.stderr = log
+    previous_fd = interrupts.set_terminal_fd(saved_fd)  # a Ctrl-C's message is the user's, not the libraries'
     try:
         yield to_terminal
     finally:
+        # Objects dropped by the run (a file that cannot flush on a full disk) are finalised now, their complaints
+        # into the log, not onto the terminal after the run's last line.
+        gc.collect()
+        interrupts.set_terminal_fd(previous_fd)
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
         sys.stderr = terminal

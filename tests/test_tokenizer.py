@@ -284,12 +284,15 @@ def test_trained_vocab_encodes_like_the_rust_trainers(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(GUTENBERG), reason="shared Gutenberg corpus not available")
 def test_gutenberg_vocab_equals_the_rust_trainers():
-    """On a real corpus with no tie at the cut the two trainers agree exactly (8192 tokens)."""
+    """On a real corpus the two trainers agree on the 8192 tokens, to one pair: the Rust trainer breaks ties between
+    equally frequent merges in an order that varies between processes (once in a full suite run it swapped one
+    token, '##zing' for '##ez'), so the reference itself moves by a token now and then."""
     from bert_jax.data.corpus import ReaderOptions, iter_documents
 
     docs = iter_documents([os.path.join(GUTENBERG, "*.txt")], ReaderOptions(), collections.Counter())
     sentences = [s for doc in docs for s in doc]
-    assert set(train_wordpiece(iter(sentences), 8192)) == set(_rust_trainer_vocab(iter(sentences), 8192))
+    ours, reference = set(train_wordpiece(iter(sentences), 8192)), set(_rust_trainer_vocab(iter(sentences), 8192))
+    assert len(ours) == len(reference) == 8192 and len(ours - reference) <= 1, (ours - reference, reference - ours)
 
 
 def test_limit_alphabet_keeps_the_most_frequent_characters(tmp_path):
