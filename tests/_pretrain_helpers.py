@@ -214,3 +214,12 @@ def build_small_data(cache: str) -> tuple[str, str, str]:
 
 if __name__ == "__main__":
     sys.exit(_throttled_cli(float(sys.argv[1]), sys.argv[2:]))
+
+
+def flip_middle_bytes(path: str, count: int = 64) -> None:
+    """`count` bytes flipped in the middle of a file: same size, still parses (an array file, a shard), wrong."""
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        chunk = f.read(count)
+        f.seek(-len(chunk), os.SEEK_CUR)
+        f.write(bytes(b ^ 0xFF for b in chunk))

@@ -25,6 +25,8 @@ from bert_jax.data.corpus import CorpusError
 from bert_jax.data.instances import InstanceError
 from bert_jax.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, save_vocab
 
+import _pretrain_helpers as h
+
 PAD, UNK, CLS, SEP, MASK = range(5)
 
 
@@ -194,13 +196,6 @@ def test_killed_build_resumes_to_identical_output(tmp_path, workers):
     _assert_same_tree(tmp_path / "reference", killed)
 
 
-def _flip_middle(path, count=64):
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        chunk = f.read(count)
-        f.seek(os.path.getsize(path) // 2)
-        f.write(bytes(b ^ 0xFF for b in chunk))
-
 
 def test_shards_carry_checksums_and_a_rerun_rebuilds_only_a_damaged_one(tagged, tmp_path):
     """The manifest and each meta.json record a sha256 per file; a shard with flipped bytes is refused when opened,
@@ -222,7 +217,7 @@ def test_shards_carry_checksums_and_a_rerun_rebuilds_only_a_damaged_one(tagged, 
     shutil.copytree(out, reference)
 
     victim = out / shards.shard_name(1) / "word_start.npy"
-    _flip_middle(str(victim))
+    h.flip_middle_bytes(str(victim))
     with pytest.raises(shards.DataError, match=f"^{re.escape(str(victim))} does not match its checksum in .*make-data"):
         shards.open_examples(str(out))
     untouched = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(out / "shard-*" / "*.npy")) if "-00001" not in p}
@@ -238,7 +233,7 @@ def test_a_damaged_builtin_cache_is_rebuilt_by_the_next_run(tmp_path):
     kwargs = dict(num_docs=120, seq_len=64, vocab_size=600, log=lambda _: None)
     built = make_data.prepare_builtin_dataset(str(tmp_path / "cache"), **kwargs)
     shutil.copytree(built, tmp_path / "reference")
-    _flip_middle(os.path.join(built, shards.shard_name(0), "input_ids.npy"))
+    h.flip_middle_bytes(os.path.join(built, shards.shard_name(0), "input_ids.npy"))
     assert make_data.prepare_builtin_dataset(str(tmp_path / "cache"), **kwargs) == built
     _assert_same_tree(tmp_path / "reference", built)
 

@@ -10,6 +10,8 @@ from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.pipeline import PipelineError, make_eval_iterator, make_pretrain_iterator
 from bert_jax.data.shards import FORMAT_VERSION, MANIFEST, DataError, shard_name, write_json_atomic, write_shard
 
+import _pretrain_helpers as h
+
 SPECIAL = dict(pad=0, unk=1, cls=2, sep=3, mask=4)
 ID_BASE = 5  # position 1 of example i holds token ID_BASE + i, so batches reveal which examples they hold
 CONTRACT = {"input_ids": np.int32, "token_type_ids": np.int32, "input_mask": np.int32, "position_ids": np.int32,
@@ -143,8 +145,8 @@ def test_state_restore_continues_identically(pair_dir):
     # the state does not depend on the process count: resume on 2 processes
     halves = [make_pretrain_iterator(pair_dir, 16, seed=2, masking=masking, process_index=p, process_count=2)
               for p in range(2)]
-    for h in halves:
-        h.set_state(state)
+    for half in halves:
+        half.set_state(state)
     joined = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(take(halves[0], 5), take(halves[1], 5))]
     assert_batches_equal(joined, expected)
 
@@ -257,12 +259,7 @@ def test_a_damaged_shard_is_a_one_line_error_naming_it_and_the_fix(tmp_path):
     still opens, unverified."""
     out = write_dataset(str(tmp_path / "data"))
     victim = os.path.join(out, shard_name(1), "input_ids.npy")
-    size = os.path.getsize(victim)
-    with open(victim, "r+b") as f:
-        f.seek(size // 2)
-        chunk = f.read(64)
-        f.seek(size // 2)
-        f.write(bytes(b ^ 0xFF for b in chunk))
+    h.flip_middle_bytes(victim)
     for make in (lambda: make_pretrain_iterator(out, 10, 0, MaskingConfig()),
                  lambda: make_eval_iterator(out, 10, MaskingConfig())):
         with pytest.raises(DataError) as info:

@@ -226,11 +226,7 @@ def test_nonfinite_stop_never_names_a_damaged_step_as_last_good(data, tmp_path, 
             state_dir = os.path.join(workdir, "checkpoints", str(step), "state")
             victim = max((os.path.join(root, n) for root, _, names in os.walk(state_dir) for n in names),
                          key=os.path.getsize)
-            with open(victim, "r+b") as f:
-                f.seek(os.path.getsize(victim) // 2)
-                chunk = f.read(64)
-                f.seek(-len(chunk), os.SEEK_CUR)
-                f.write(bytes(b ^ 0xFF for b in chunk))
+            h.flip_middle_bytes(victim)
 
     monkeypatch.setattr(ckpt, "save_checkpoint", save_then_damage)
     workdir = str(tmp_path / "stop")

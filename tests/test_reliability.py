@@ -164,11 +164,7 @@ def test_corrupt_newest_checkpoints_in_a_workdir_are_skipped_and_kept(data, tmp_
         f.truncate(truncated_size)
     os.remove(os.path.join(directory, "6", ckpt.COMMIT_MARKER))
     flipped = largest_file(os.path.join(directory, "4", "state"))
-    with open(flipped, "r+b") as f:
-        f.seek(os.path.getsize(flipped) // 2)
-        chunk = f.read(64)
-        f.seek(-len(chunk), os.SEEK_CUR)
-        f.write(bytes(b ^ 0xFF for b in chunk))
+    h.flip_middle_bytes(flipped)
     mine = os.path.join(directory, "notes.txt")
     with open(mine, "w") as f:
         f.write("not the run's")
@@ -297,11 +293,7 @@ def damaged_copy(source, target):
     """A copy of a dataset with 64 bytes flipped inside shard-00000's token ids (a valid .npy still)."""
     shutil.copytree(source, target)
     path = os.path.join(target, "shard-00000", "input_ids.npy")
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        chunk = f.read(64)
-        f.seek(-len(chunk), os.SEEK_CUR)
-        f.write(bytes(b ^ 0xFF for b in chunk))
+    h.flip_middle_bytes(path)
     return target
 
 

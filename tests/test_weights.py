@@ -17,6 +17,8 @@ from bert_jax.model.params import is_scanned, to_scanned  # noqa: E402
 from bert_jax.train import checkpoint as ckpt  # noqa: E402
 from bert_jax.weights import WeightsError, load_weights, params_fingerprint  # noqa: E402
 
+import _pretrain_helpers as h
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
              max_position_embeddings=32)
@@ -172,14 +174,6 @@ def test_export_writes_a_workdirs_model_as_a_params_file(sources, tmp_path, caps
     assert capsys.readouterr().err.startswith(f"bert-jax export: --workdir {sources['run']}: step 3 is not")
 
 
-def _flip_middle(path, count=64):
-    """64 bytes flipped in the middle of a file: same size, still parses (for a checkpoint's array file), wrong."""
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        chunk = f.read(count)
-        f.seek(os.path.getsize(path) // 2)
-        f.write(bytes(b ^ 0xFF for b in chunk))
-
 
 def test_a_damaged_checkpoint_step_is_refused_by_every_reader(sources, tmp_path, capsys):
     """Step 4 of a copied run gets 64 flipped bytes in its array file: load_weights (export, finetune --init,
@@ -189,7 +183,7 @@ def test_a_damaged_checkpoint_step_is_refused_by_every_reader(sources, tmp_path,
 
     run = shutil.copytree(sources["run"], str(tmp_path / "run"))
     state = os.path.join(run, "checkpoints", "4", "state")
-    _flip_middle(max((os.path.join(r, n) for r, _, names in os.walk(state) for n in names), key=os.path.getsize))
+    h.flip_middle_bytes(max((os.path.join(r, n) for r, _, names in os.walk(state) for n in names), key=os.path.getsize))
     with pytest.raises(WeightsError) as error:
         load_weights(run, "train.init_from")
     message = str(error.value)
