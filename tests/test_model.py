@@ -116,6 +116,21 @@ def test_position_kinds_own_the_right_params():
     assert "relative_bias" in init(CFG.replace(position_embedding="relative"), ids)["params"]
 
 
+def test_sinusoidal_position_init_is_a_learned_table_with_the_normal_rows_norm():
+    ids, _, _ = random_batch()
+    normal = init(CFG, ids)["params"]["embeddings"]["position"]["embedding"]
+    sinus_cfg = CFG.replace(position_init="sinusoidal")
+    sinus = init(sinus_cfg, ids)["params"]["embeddings"]["position"]["embedding"]
+    assert sinus.shape == normal.shape  # the same parameter: only its start differs
+    row_norms = np.linalg.norm(np.asarray(sinus), axis=1)
+    np.testing.assert_allclose(row_norms, np.linalg.norm(np.asarray(normal), axis=1).mean(), rtol=0.1)
+    # nearby positions start similar and far ones less so (a normal table's rows are all ~orthogonal)
+    unit = np.asarray(sinus) / row_norms[:, None]
+    assert unit[10] @ unit[11] > 0.9 and unit[10] @ unit[40] < 0.6
+    with pytest.raises(ValueError, match="position_init"):
+        CFG.replace(position_init="uniform")
+
+
 def test_albert_factorised_embeddings_and_shared_layers():
     ids, types, mask = random_batch()
     base = count_params(init(CFG, ids))

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 POSITION_KINDS = ("learned", "sinusoidal", "relative", "rotary")
+POSITION_INITS = ("normal", "sinusoidal")
 ACTIVATIONS = ("gelu", "geglu")
 NORM_PLACEMENTS = ("post", "pre")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_qkv_out")
@@ -37,6 +38,9 @@ class ModelConfig:
     # dropout of the attention probabilities (google-research/bert, transformers' PyTorch BERT).
     attention_dropout_broadcast: bool = False
     initializer_range: float = 0.02
+    # How a learned position table starts: "normal" (BERT's N(0, initializer_range)) or "sinusoidal" (the Transformer's
+    # sin/cos table scaled to the normal rows' norm), which gives attention relative offsets from step 0.
+    position_init: str = "normal"
     causal: bool = False  # left-to-right attention (the paper's LTR ablation)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
@@ -49,6 +53,7 @@ class ModelConfig:
 
         check(self.hidden_size % self.num_heads == 0, "num_heads", f"must divide hidden_size {self.hidden_size}")
         check(self.position_embedding in POSITION_KINDS, "position_embedding", f"choose one of {POSITION_KINDS}")
+        check(self.position_init in POSITION_INITS, "position_init", f"choose one of {POSITION_INITS}")
         check(self.activation in ACTIVATIONS, "activation", f"choose one of {ACTIVATIONS}")
         check(self.norm in NORM_PLACEMENTS, "norm", f"choose one of {NORM_PLACEMENTS}")
         check(self.position_embedding != "rotary" or self.head_dim % 2 == 0, "position_embedding",

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.dropout import make_dropout
 from bert_jax.model.layers import (LayerNorm, RelativePositionBias, TransformerLayer, attention_mask, dense,
-                                   gather_positions, normal_init, sinusoidal_table)
+                                   gather_positions, normal_init, position_table_init, sinusoidal_table)
 
 Array = jax.Array
 
@@ -63,7 +63,7 @@ class Embeddings(nn.Module):
         if cfg.position_embedding == "learned":
             self.position = nn.Embed(cfg.max_position_embeddings, cfg.embed_dim, dtype=cfg.dtype,
                                      param_dtype=cfg.param_dtype,
-                                     embedding_init=normal_init(cfg, ("position", embed_axis)))
+                                     embedding_init=position_table_init(cfg, ("position", embed_axis)))
         self.layer_norm = LayerNorm(cfg, axis_name=embed_axis)
         self.dropout = make_dropout(self.speed.dropout_rng, cfg.dropout_rate)
         if cfg.factorized:

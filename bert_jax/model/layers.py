@@ -25,6 +25,18 @@ def normal_init(config: ModelConfig, names: tuple) -> Callable:
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), names)
 
 
+def position_table_init(config: ModelConfig, names: tuple) -> Callable:
+    """The learned position table's initializer (model.position_init)."""
+    if config.position_init == "normal":
+        return normal_init(config, names)
+
+    def sinusoid(key, shape, dtype=jnp.float32):
+        del key  # deterministic: rows of norm initializer_range * sqrt(width), as a normal init's rows have on average
+        return jnp.asarray(sinusoidal_table(*shape) * (config.initializer_range * math.sqrt(2.0)), dtype)
+
+    return nn.with_logical_partitioning(sinusoid, names)
+
+
 def zeros_init(names: tuple) -> Callable:
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
