@@ -51,6 +51,10 @@ PROBES = {
     "lr4e-3": ("peak lr 4e-3", {"optimizer.learning_rate": 4e-3}),
     "warmup2": ("warm-up 2%", {"optimizer.warmup_fraction": 0.02}),
     "batch128": ("batch 128 (a quarter of the steps)", {"train.global_batch_size": 128}),
+    # Positions: BERT learns an absolute table from N(0, 0.02), and at this budget its models barely use word order
+    # (experiments/README.md, "Why the curve flattens"); these give attention relative offsets from the start.
+    "sinus_init": ("learned positions starting as the sin/cos table", {"model.position_init": "sinusoidal"}),
+    "rotary": ("rotary positions (relative offsets in every attention score)", {"model.position_embedding": "rotary"}),
 }
 
 

@@ -400,3 +400,28 @@ def test_a_preempted_pretraining_run_stops_the_grid(tmp_path, monkeypatch):
     with pytest.raises(runner.Preempted):
         runner.pretrain_run(grid, run, str(tmp_path), Data(), messages.append)
     assert "preempted at step 3" in messages[-1] and "rerun the same command" in messages[-1]
+
+
+def test_context_use_conditions_touch_only_the_unmasked_words():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    from context_use import conditions
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 100, size=(2, 12)).astype(np.int32)
+    ids[:, 0], ids[:, 6], ids[1, 9:] = 2, 3, 0  # [CLS], [SEP], row 1 padded
+    ids[0, 3] = ids[1, 2] = 4  # [MASK] at targets
+    batch = {"input_ids": ids, "input_mask": (ids != 0).astype(np.int32),
+             "masked_positions": np.array([[3, 5], [2, 0]]), "masked_weights": np.array([[1.0, 1.0], [1.0, 0.0]])}
+    out = conditions(batch, rng, vocab_size=100)
+    np.testing.assert_array_equal(out["intact"], ids)
+    fixed = np.zeros(ids.shape, bool)
+    fixed[:, [0, 6]] = True
+    fixed[0, [3, 5]] = fixed[1, 2] = True
+    fixed[1, 9:] = True
+    for name in ("shuffled", "random"):
+        np.testing.assert_array_equal(out[name][fixed], ids[fixed])  # targets, specials and padding stay
+    for row in range(2):
+        free = ~fixed[row]
+        assert sorted(out["shuffled"][row][free]) == sorted(ids[row][free])  # the same bag of words
+        assert not np.array_equal(out["shuffled"][row][free], ids[row][free])  # in another order
+    assert (out["random"][~fixed] != ids[~fixed]).mean() > 0.8
