@@ -32,6 +32,16 @@ def test_bad_flags_are_one_line_errors_naming_the_flag(task, flag, value, tmp_pa
     assert not os.path.exists(tmp_path / "ft")
 
 
+def test_pmap_refuses_a_batch_that_does_not_split_over_the_devices(tmp_path, capsys):
+    # 8 devices (tests/conftest.py): 12 rows do not split over them; mesh would run it on 4.
+    argv = args("glue/sst2", str(tmp_path), str(tmp_path / "no-init"), str(tmp_path / "ft"), "--strategy", "pmap",
+                "--batch_size", "12")
+    assert cli.main(["finetune", *argv]) == 2
+    _, err = _one_line_error(capsys)
+    assert "--batch_size 12" in err and "8 devices" in err and "--strategy mesh" in err, err
+    assert not os.path.exists(tmp_path / "ft")
+
+
 def _header_only_dev(tmp_path):
     data = write_sst2(str(tmp_path / "SST-2"), n_train=32, n_dev=4)
     open(os.path.join(data, "dev.tsv"), "w").write("sentence\tlabel\n")

@@ -32,7 +32,10 @@ def _at_least(args, flag: str, minimum: int, hint: str) -> None:
 
 def check_args(args) -> None:
     """The flags' values: each error names the flag as typed and a value that works."""
-    from bert_jax.finetune.model import FEATURES  # imports flax: not at import time (`--help` stays fast)
+    # jax and flax (the model imports it) not at import time: `--help` stays fast.
+    import jax
+
+    from bert_jax.finetune.model import FEATURES
 
     if not args.learning_rates:
         raise TaskError("--learning_rates names no learning rate; pass e.g. --learning_rates 5e-5,3e-5,2e-5")
@@ -43,6 +46,10 @@ def check_args(args) -> None:
     _at_least(args, "seeds", 1, "pass --seeds 3 (seeds 0, 1, 2, the paper's protocol)")
     _at_least(args, "epochs", 1, "pass --epochs 3 (the paper's)")
     _at_least(args, "batch_size", 1, "pass --batch_size 32 (the paper's)")
+    devices = jax.local_device_count()
+    if args.strategy == "pmap" and args.batch_size % devices:
+        raise TaskError(f"--batch_size {args.batch_size} does not split over the {devices} devices --strategy pmap "
+                        f"runs on; pass a multiple of {devices}, or --strategy mesh (which splits it over fewer)")
     if not 0.0 <= args.warmup_fraction <= 1.0:
         raise TaskError(f"--warmup_fraction {args.warmup_fraction} must lie in [0, 1]; pass 0.1 (the paper's)")
     _at_least(args, "max_seq_len", 0, "pass 0 for the task's default (128; SQuAD 384)")

@@ -107,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--null_threshold", type=float, default=0.0,
                    help="SQuAD v2.0: answer '' when the null score beats the best span by more than this "
                         "(default: %(default)s)")
+    p.add_argument("--strategy", default="mesh", choices=["mesh", "pmap"],
+                   help="how the steps run on several devices, the state replicated either way: mesh (jax.jit over a "
+                        "device mesh, each batch split over the most devices that divide --batch_size) or pmap (each "
+                        "batch split over every local device; --batch_size must be a multiple of their number) "
+                        "(default: %(default)s)")
     p.add_argument("--progress", action="store_true", help="a progress bar per setting")
     return p
 
@@ -212,7 +217,7 @@ def run(args) -> dict:
 def _run(args) -> dict:
     from bert_jax.data.tokenizer import load_tokenizer
     from bert_jax.finetune.model import FineTuneModel, HeadConfig
-    from bert_jax.finetune.train import Setting, run_setting
+    from bert_jax.finetune.train import Setting, data_parallel_devices, run_setting
 
     log = lambda m: print(m, flush=True)  # noqa: E731
     cache = enable_compile_cache()  # before the first compile (a random init compiles)
@@ -240,7 +245,8 @@ def _run(args) -> dict:
     unlabelled = {name: split for name, split in splits.items() if not split.labelled}
     log(f"{task.name}: {len(train_examples)} train examples ({len(train['length'])} rows), " + ", ".join(
         f"{len(s.examples)} {name} examples ({len(s.features['length'])} rows{'' if s.labelled else ', predicted'})"
-        for name, s in splits.items()) + f", max_seq_len {max_len}; compile cache {cache or 'off'}")
+        for name, s in splits.items()) + f", max_seq_len {max_len}; {args.strategy}, each batch split over "
+        f"{data_parallel_devices(args.strategy, args.batch_size)} device(s); compile cache {cache or 'off'}")
     os.makedirs(os.path.join(args.workdir, "runs"), exist_ok=True)
 
     head = HeadConfig(kind=task.kind, num_labels=task.num_labels, variant=args.variant, features=args.features,
@@ -257,7 +263,7 @@ def _run(args) -> dict:
     if unlabelled:  # only when there are some: settings finished before test sets were predicted stay valid
         protocol["predict_examples"] = {k: len(v.examples) for k, v in unlabelled.items()}
     stamp = trained.stamp(init.fingerprint, protocol, {k: v.features for k, v in splits.items()})
-    runs, step_cache = [], {}  # every setting shares one compiled step (the learning rate is an argument)
+    runs, step_cache = [], {}  # every setting shares one compiled step (the learning rate is an input)
     for lr in args.learning_rates:
         for seed in range(args.seeds):
             setting = Setting(learning_rate=lr, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
@@ -273,7 +279,7 @@ def _run(args) -> dict:
             if result is None:
                 result = run_setting(model, init.params, train, {k: v.features for k, v in splits.items()}, setting,
                                      widths, each_epoch=list(scored) if args.eval_each_epoch else (), log=log,
-                                     progress=args.progress, step_cache=step_cache)
+                                     progress=args.progress, step_cache=step_cache, strategy=args.strategy)
                 trained.save(saved, result, stamp)  # before scoring: nothing after this point can lose the training
             else:
                 log(f"{setting.name}: trained before, scoring its saved outputs ({saved})")

@@ -17,6 +17,7 @@ import optax
 from bert_jax.model.pretraining import PretrainModel
 from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.train.optimizer import accumulate_gradients, split_micro_batches
+from bert_jax.train.strategy import psum
 
 
 @flax.struct.dataclass
@@ -25,10 +26,6 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # raw uint32[2] key; the step's key is fold_in(rng, step), so nothing to carry over
-
-
-def _psum(x, axis_name):
-    return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
 def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: optax.GradientTransformation,
@@ -54,7 +51,7 @@ def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: o
         key = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        denominators = {k: _psum(v, axis_name) for k, v in objectives.denominators(batch).items()}
+        denominators = {k: psum(v, axis_name) for k, v in objectives.denominators(batch).items()}
         grad_fn = jax.grad(summed_loss, has_aux=True)
         if grad_accum_steps == 1:
             grads, sums = grad_fn(state.params, batch, denominators, key, frozen)
@@ -62,8 +59,8 @@ def make_train_step(model: PretrainModel, objectives: ObjectiveSet, optimizer: o
             micro = split_micro_batches(batch, grad_accum_steps)
             grads, sums = accumulate_gradients(lambda p, b, k: grad_fn(p, b, denominators, k, frozen),
                                                state.params, micro, rng=key)
-        grads = _psum(grads, axis_name)
-        sums = {k: _psum(v, axis_name) for k, v in sums.items()}
+        grads = psum(grads, axis_name)
+        sums = {k: psum(v, axis_name) for k, v in sums.items()}
         loss = objectives.total_loss(sums, denominators)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -89,8 +86,8 @@ def make_eval_step(model: PretrainModel, objectives: ObjectiveSet, axis_name: st
     def eval_step(params, batch, frozen=None):
         sums = model.apply({"params": params, **(frozen or {})}, batch, deterministic=True)
         denominators = objectives.denominators(batch)
-        metrics = {f"sum/{k}": _psum(v, axis_name) for k, v in sums.items()}
-        metrics.update({f"count/{k}": _psum(v, axis_name) for k, v in denominators.items()})
+        metrics = {f"sum/{k}": psum(v, axis_name) for k, v in sums.items()}
+        metrics.update({f"count/{k}": psum(v, axis_name) for k, v in denominators.items()})
         return metrics
 
     return eval_step

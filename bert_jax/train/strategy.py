@@ -6,8 +6,8 @@ metrics come back. Everything else in training is the same code for both.
   pmap  jax.pmap over the local devices: the state replicated (one copy per device along a leading axis), each
         batch split along its first dimension; metrics and gradients psum'd over the 'batch' axis.
 
-`make_strategy` returns a `Strategy` of plain functions; the pure steps come from `train/step.py`, built with
-`axis_name=strategy.axis_name`.
+`make_strategy` returns a `Strategy` of plain functions; the pure steps (pretraining's in `train/step.py`,
+fine-tuning's in `finetune/train.py`) are built with `axis_name=axis_name(name)` and reduce with `psum`.
 """
 from __future__ import annotations
 
@@ -27,16 +27,21 @@ PMAP_AXIS = "batch"
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     name: str
-    place: Callable[[Any], Any]  # the state as `create_sharded_state` built it -> the state as the steps take it
+    place: Callable[[Any], Any]  # a state, wherever it lies (host, one device, sharded) -> as the steps take it
     train: Callable[[Any, dict], tuple[Any, Any]]  # (placed state, host batch) -> (state, device metrics)
     evaluate: Callable[[Any, dict], Any]  # (placed params, host batch) -> device metrics
-    metrics: Callable[[Any], Any]  # device metrics -> host numpy metrics
+    metrics: Callable[[Any], Any]  # device metrics (whole-batch: psum'd or gathered by the step) -> host numpy
     read: Callable[[Any], Any]  # placed state -> one logical copy (to checkpoint)
 
 
 def axis_name(strategy: str) -> str | None:
     """The collective axis the pure steps psum over: pmap's, or none (jit's arrays are already global)."""
     return PMAP_AXIS if strategy == "pmap" else None
+
+
+def psum(tree, axis_name: str | None):
+    """Sum over the devices under pmap; under jit (`axis_name` None) every array is global, sums already whole."""
+    return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
 def data_parallel_count(strategy: str, mesh) -> int:
@@ -86,6 +91,7 @@ def make_strategy(name: str, train_step: Callable, eval_step: Callable, mesh, sh
             with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
                 return jit_eval(p, _global_batch(b, mesh), frozen)
 
-        return Strategy(name, place=lambda state: state, train=train, evaluate=evaluate, metrics=jax.device_get,
-                        read=lambda s: s)
+        # A no-op for a state already laid out so (pretraining creates it sharded); anything else is moved.
+        return Strategy(name, place=lambda state: jax.device_put(state, shardings), train=train, evaluate=evaluate,
+                        metrics=jax.device_get, read=lambda s: s)
     raise ValueError(f"train.strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}")
