@@ -138,7 +138,7 @@ def test_sentence_pair_mode_pairs_single_sentences():
                            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + words, lowercase=True)
     tok = load_tokenizer(vocab_dir)
     rnd = random.Random(0)
-    docs, sentence_doc = [], {}
+    docs = []
     for d in range(30):
         sentences = [" ".join(rnd.choice(words) for _ in range(rnd.randint(2, 6))) + " ." for _ in range(6)]
         docs.append(RawDocument(origin=d, parts=tuple(sentences), presplit=True))

@@ -285,7 +285,7 @@ def _numpy_pre_ln_geglu_encoder(cfg, p, ids, types, mask):
     positions = np.arange(ids.shape[1])
     x = e["token"]["embedding"][ids] + e["segment"]["embedding"][types] + e["position"]["embedding"][positions][None]
     x = norm(x, e["layer_norm"])
-    heads, head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    head_dim = cfg.hidden_size // cfg.num_heads
     for i in range(cfg.num_layers):
         layer = p[f"layer_{i}"]
         h = norm(x, layer["attention_norm"])
