@@ -17,7 +17,7 @@ VARIANTS = {
     "mini": dict(model_size="mini", global_batch_size=32, seq_len=128, steps=2000, learning_rate=5e-4,
                  warmup_steps=200, max_predictions=0),
     # 8192 x 32 x 128 = 32M tokens
-    "mini_text": dict(model_size="L4_H192_A12", global_batch_size=32, seq_len=128, steps=8192, learning_rate=2e-3,
+    "mini_text": dict(model_size="L4_H192_A3", global_batch_size=32, seq_len=128, steps=8192, learning_rate=2e-3,
                       warmup_steps=819, max_predictions=0),
     "base": dict(model_size="base", global_batch_size=256, seq_len=128, steps=900_000, learning_rate=1e-4,
                  warmup_steps=10_000, max_predictions=0),
@@ -73,10 +73,13 @@ def get_config(arg=None):
         num_threads=1,
     ))
     if variant == "mini_text":
-        # Measured (experiments/README.md): pre-LN with no dropout learns as fast as post-LN here and tolerates lr 2e-3;
-        # dropout only slows a model that sees each token about once.
-        c.model.update(norm="pre", dropout_rate=0.0, attention_dropout_rate=0.0, max_position_embeddings=v["seq_len"])
-        c.data.update(path="", builtin_docs=0)
+        # Measured (experiments/README.md, "The mini recipe on real text"): pre-LN with no dropout learns as fast as
+        # post-LN and tolerates lr 2e-3 (dropout only slows a model that sees each token about once); with learned
+        # absolute positions a 4-layer model at batch 32 never learned word order in 32M tokens, with rotary
+        # positions (on heads of 64) it does within 2M; masking 40% gives 2.7x the targets per token.
+        c.model.update(norm="pre", dropout_rate=0.0, attention_dropout_rate=0.0, max_position_embeddings=v["seq_len"],
+                       position_embedding="rotary")
+        c.data.update(path="", builtin_docs=0, mask_rate=0.4)
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=v["learning_rate"], b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
         warmup_steps=v["warmup_steps"], schedule="linear", power=1.0, end_learning_rate=0.0,

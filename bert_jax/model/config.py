@@ -156,8 +156,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": _size(8, 512, 8),
     "base": _size(12, 768, 12),
     "large": _size(24, 1024, 16),
-    # The mini scale's BERT_BASE (experiments: #L / 3, #H / 4, the same #A) and the recipe of configs/pretrain.py:mini_text.
+    # The mini scale's BERT_BASE (experiments: #L / 3, #H / 4, the same #A).
     "L4_H192_A12": _size(4, 192, 12),
+    # Its width with BERT's head size of 64: the model of configs/pretrain.py:mini_text (rotary positions need wide
+    # heads; experiments/README.md, "Why the curve flattened").
+    "L4_H192_A3": _size(4, 192, 3),
     # The BERT paper's Table 6 grid (#L/#H/#A).
     "L3_H768_A12": _size(3, 768, 12),
     "L6_H768_A3": _size(6, 768, 3),
