@@ -17,7 +17,12 @@ by its name (nothing else to edit). It declares
     and `load_frozen(options)`: variable collections that are inputs, never trained (a distillation teacher);
     the steps take them as an argument and pass them to `model.apply` beside 'params';
   - optionally `masking_options(options)`: the fields of the pipeline's MaskingConfig its options set (plm's K,
-    span_corruption's noise density), so an option of the objective reaches the host-side masking.
+    span_corruption's noise density), so an option of the objective reaches the host-side masking;
+  - optionally `flops(config, seq_len, predictions, options)`: the forward matmul FLOPs per sequence of what it
+    adds to the one encoder pass every run makes (its heads, ELECTRA's generator, PLM's query stream, T5's
+    decoder, a teacher's forward): a number (trained: a step costs 3x) or `Flops` (trained and frozen parts).
+    `bert_jax.train.flops` sums the encoder and every objective's term (`bert_jax.model_flops` has the parts);
+    an objective without it adds nothing to the count.
 The training loop only ever sees sums and denominators: adding an objective never edits it.
 """
 from __future__ import annotations
@@ -38,6 +43,27 @@ Batch = Mapping[str, Array]
 
 
 @dataclasses.dataclass(frozen=True)
+class Flops:
+    """Forward FLOPs per sequence: `trained` runs forward and backward in a step (3x), `frozen` (a teacher) only
+    forward."""
+
+    trained: float = 0.0
+    frozen: float = 0.0
+
+    def __add__(self, other: "Flops") -> "Flops":
+        return Flops(self.trained + other.trained, self.frozen + other.frozen)
+
+    @property
+    def forward(self) -> float:
+        return self.trained + self.frozen
+
+    @property
+    def train_step(self) -> float:
+        """A training step's FLOPs: forward + backward (2x forward) of the trained part, forward of the frozen."""
+        return 3.0 * self.trained + self.frozen
+
+
+@dataclasses.dataclass(frozen=True)
 class Objective:
     name: str
     data_modes: tuple[str, ...]
@@ -52,6 +78,7 @@ class Objective:
     prepare_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
     load_frozen: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     masking_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    flops: Callable[[Any, int, int, Mapping[str, Any]], "float | Flops"] | None = None  # (ModelConfig, L, P, options)
 
 
 # 'span' masking emits everything 'mlm' does (masked_positions/ids/weights) plus the span boundaries, so an
@@ -112,7 +139,10 @@ class ObjectiveSet:
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def parse(cls, spec: str, options: Mapping[str, Mapping[str, Any]] | None = None) -> "ObjectiveSet":
+    def parse(cls, spec: str, options: Mapping[str, Mapping[str, Any]] | None = None,
+              prepare: bool = True) -> "ObjectiveSet":
+        """`prepare=False` skips `prepare_options` (it may read files that do not exist yet: planning a grid whose
+        distillation teacher is still to be trained)."""
         objectives, weights = [], []
         for term in spec.replace(" ", "").split("+"):
             weight, _, name = term.rpartition("*")
@@ -145,7 +175,7 @@ class ObjectiveSet:
             if bad:
                 raise ValueError(f"objective_options.{o.name} has unknown key(s) {bad}; valid: {sorted(o.options)}")
             merged[o.name] = {**o.options, **given}
-            if o.prepare_options is not None:
+            if prepare and o.prepare_options is not None:
                 merged[o.name] = dict(o.prepare_options(merged[o.name]))
         return cls(tuple(objectives), tuple(weights), merged)
 
@@ -193,6 +223,15 @@ class ObjectiveSet:
                     term_weight = self.options[objective.name][term_weight]
                 out[term] = weight * float(term_weight)
         return out
+
+    def flops(self, config: Any, seq_len: int, predictions: int) -> Flops:
+        """The objectives' forward FLOPs per sequence beyond the shared encoder pass."""
+        total = Flops()
+        for o in self.objectives:
+            if o.flops is not None:
+                term = o.flops(config, seq_len, predictions, self.options[o.name])
+                total = total + (term if isinstance(term, Flops) else Flops(trained=float(term)))
+        return total
 
     def load_frozen(self) -> dict[str, Any]:
         """The run's frozen variable collections (host arrays): pass them to the train and eval steps."""

@@ -10,6 +10,7 @@ sums returned per term, an option, and registration. Use it beside MLM ('mlm+0.1
 import jax
 import jax.numpy as jnp
 
+from bert_jax import model_flops
 from bert_jax.model.heads import Classifier
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 from bert_jax.objectives.mlm import ALL_MODES
@@ -41,4 +42,5 @@ def forward(ctx):
 
 CORRUPTED = register(Objective(name="corrupted", data_modes=ALL_MODES, masking="mlm", denominators=denominators,
                                forward=forward, loss_weights={"corrupted_loss": 1.0},
-                               options={"label_smoothing": 0.0}, reads=lambda batch: batch["masked_positions"]))
+                               options={"label_smoothing": 0.0}, reads=lambda batch: batch["masked_positions"],
+                               flops=lambda cfg, seq_len, predictions, options: 2.0 * predictions * cfg.hidden_size * 2))

@@ -25,11 +25,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bert_jax import model_flops
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.heads import MLM_HEAD, MLMHead
 from bert_jax.model.layers import dense
-from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
+from bert_jax.objectives.base import Flops, Objective, register, weighted_cross_entropy
 from bert_jax.objectives.mlm import ALL_MODES
 from bert_jax.weights import ENCODER, WeightsError, load_weights
 
@@ -137,9 +138,20 @@ def forward(ctx):
     return out
 
 
+def flops(cfg, seq_len, predictions, options):
+    """The student's MLM head (and the hidden-state projection when used), trained; the teacher's forward (its
+    encoder and MLM head at the masked positions), frozen: forward only. Before the teacher exists (planning a
+    grid: `ObjectiveSet.parse(..., prepare=False)` leaves no teacher_config) it is taken to be the student's size."""
+    teacher = ModelConfig.from_dict(options["teacher_config"]) if "teacher_config" in options else cfg
+    trained = model_flops.lm_head(cfg, predictions)
+    if float(options["hidden_weight"]) and cfg.hidden_size != teacher.hidden_size:
+        trained += 2.0 * seq_len * cfg.hidden_size * teacher.hidden_size
+    return Flops(trained=trained, frozen=model_flops.encoder(teacher, seq_len) + model_flops.lm_head(teacher, predictions))
+
+
 DISTILL = register(Objective(
     name="distill", data_modes=ALL_MODES, masking="mlm", denominators=denominators, forward=forward,
     loss_weights={"distill_soft_loss": "soft_weight", "distill_hidden_loss": "hidden_weight",
                   "mlm_loss": "hard_weight"},
     options={"teacher": "", "temperature": 2.0, "soft_weight": 1.0, "hidden_weight": 0.0, "hard_weight": 1.0},
-    excludes=("mlm",), prepare_options=prepare_options, load_frozen=load_frozen))
+    excludes=("mlm",), prepare_options=prepare_options, load_frozen=load_frozen, flops=flops))

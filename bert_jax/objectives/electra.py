@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bert_jax import model_flops
 from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.encoder import Encoder
 from bert_jax.model.heads import MLMHead
@@ -114,8 +115,16 @@ def forward(ctx):
             "rtd_accuracy": rtd_correct, "rtd_replaced": jnp.sum(replaced * tokens)}
 
 
+def flops(cfg, seq_len, predictions, options):
+    """Beyond the discriminator's pass (the shared encoder count): the generator's encoder over the sequence and
+    its MLM head at the masked positions, at its own widths; the RTD head (dense + logit) at every position."""
+    gen = generator_config(cfg, float(options["generator_fraction"]))
+    rtd_head = 2.0 * seq_len * (cfg.hidden_size * cfg.hidden_size + cfg.hidden_size)
+    return model_flops.encoder(gen, seq_len) + model_flops.lm_head(gen, predictions) + rtd_head
+
+
 ELECTRA = register(Objective(
     name="electra", data_modes=ALL_MODES, masking="mlm", denominators=denominators, forward=forward,
     loss_weights={"generator_loss": 1.0, "rtd_loss": "rtd_weight"},
     options={"generator_fraction": 0.25, "rtd_weight": 50.0}, excludes=("mlm",),
-    reads=READS_NOTHING))  # the discriminator reads its own pass over the corrupted input
+    reads=READS_NOTHING, flops=flops))  # the discriminator reads its own pass over the corrupted input

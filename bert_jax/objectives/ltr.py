@@ -9,6 +9,7 @@ the token embeddings. Fine-tuning such a model must keep `model.causal=True` and
 """
 import jax.numpy as jnp
 
+from bert_jax import model_flops
 from bert_jax.model.heads import LM_HEAD, CausalLMHead
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
@@ -33,4 +34,5 @@ def forward(ctx):
 
 LTR = register(Objective(name="ltr", data_modes=("single", "full-sentences", "doc-sentences", "segment-pair"),
                          masking="none", denominators=denominators, forward=forward,
-                         loss_weights={"ltr_loss": 1.0}, causal=True))
+                         loss_weights={"ltr_loss": 1.0}, causal=True,
+                         flops=lambda cfg, seq_len, predictions, options: model_flops.lm_head(cfg, seq_len - 1)))

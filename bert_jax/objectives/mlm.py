@@ -1,4 +1,5 @@
 """Masked language modelling (BERT): predict the original token at each masked position."""
+from bert_jax import model_flops
 from bert_jax.model.heads import MLM_HEAD, MLMHead
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
@@ -18,4 +19,5 @@ def forward(ctx):
 
 MLM = register(Objective(name="mlm", data_modes=ALL_MODES, masking="mlm", denominators=denominators,
                          forward=forward, loss_weights={"mlm_loss": 1.0},
+                         flops=lambda cfg, seq_len, predictions, options: model_flops.lm_head(cfg, predictions),
                          reads=lambda batch: batch["masked_positions"]))

@@ -16,6 +16,7 @@ the query stream carries its positions into each layer's attention).
 """
 import flax.linen as nn
 
+from bert_jax import model_flops
 from bert_jax.model.encoder import QueryStream
 from bert_jax.model.heads import MLMHead
 from bert_jax.model.layers import normal_init
@@ -75,6 +76,14 @@ def masking_options(options):
     return {"permutation_k": int(options["partial_prediction_k"])}
 
 
+def flops(cfg, seq_len, predictions, options):
+    """Beyond the content stream (the shared encoder count): the query stream, whose `predictions` target
+    positions run each layer's query side against every key (keys and values are the content stream's), and the
+    head at the targets."""
+    stream = cfg.num_layers * predictions * model_flops.per_query(cfg, seq_len)
+    return stream + model_flops.projection(cfg, predictions) + model_flops.lm_head(cfg, predictions)
+
+
 PLM = register(Objective(name="plm", data_modes=MODES, masking="permutation", denominators=denominators,
                          forward=forward, loss_weights={"plm_loss": 1.0}, options={"partial_prediction_k": 6},
-                         masking_options=masking_options, reads=READS_NOTHING))
+                         masking_options=masking_options, reads=READS_NOTHING, flops=flops))

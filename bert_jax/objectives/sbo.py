@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bert_jax import model_flops
 from bert_jax.model.layers import LayerNorm, dense, gather_positions, normal_init, zeros_init
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 
@@ -53,5 +54,11 @@ def forward(ctx):
     return {"sbo_loss": loss, "sbo_accuracy": correct}
 
 
+def flops(cfg, seq_len, predictions, options):
+    """At each target: dense_1 from [left; right; offset] (3H) to H, then the MLM-shaped head (dense_2, decoder)."""
+    return 2.0 * predictions * 3 * cfg.hidden_size * cfg.hidden_size + model_flops.lm_head(cfg, predictions)
+
+
 SBO = register(Objective(name="sbo", data_modes=("single", "doc-sentences", "full-sentences"), masking="span",
-                         denominators=denominators, forward=forward, loss_weights={"sbo_loss": 1.0}))
+                         denominators=denominators, forward=forward, loss_weights={"sbo_loss": 1.0},
+                         flops=flops))

@@ -24,7 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bert_jax.data.noise_spans import noise_counts, span_token_weights
+from bert_jax import model_flops
+from bert_jax.data.noise_spans import noise_counts, span_token_weights, target_length
 from bert_jax.model.config import ModelConfig, SpeedConfig
 from bert_jax.model.dropout import attention_dropout, make_dropout
 from bert_jax.model.heads import MLMHead
@@ -178,8 +179,18 @@ def masking_options(options):
     return {"noise_density": float(options["noise_density"]), "mean_span_length": float(options["mean_span_length"])}
 
 
+def flops(cfg, seq_len, predictions, options):
+    """Beyond the encoder pass (the shared count): the decoder over the T = target_length targets (its layers,
+    cross-attending to all seq_len encoder positions) and its head over the vocab and the sentinels."""
+    targets = target_length(seq_len, float(options["noise_density"]), float(options["mean_span_length"]))
+    decoder = cfg.replace(num_layers=int(options["decoder_layers"]))
+    layers = decoder.num_layers * model_flops.decoder_layer(decoder, targets, seq_len)
+    head = model_flops.lm_head(decoder, targets, cfg.vocab_size + int(options["num_sentinels"]))
+    return layers + model_flops.projection(decoder, targets) + head
+
+
 SPAN_CORRUPTION = register(Objective(
     name="span_corruption", data_modes=MODES, masking="t5_spans", denominators=denominators, forward=forward,
     loss_weights={"span_corruption_loss": 1.0},
     options={"noise_density": 0.15, "mean_span_length": 3.0, "decoder_layers": 2, "num_sentinels": 100},
-    masking_options=masking_options, reads=READS_NOTHING))
+    masking_options=masking_options, reads=READS_NOTHING, flops=flops))

@@ -215,7 +215,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, opt_cfg, speed, preemp
     # Steps after `start` that an earlier attempt logged are trained again: their old lines go.
     writer = MetricsWriter(workdir, enabled=process_index == 0, resume_step=start)
     flops = train_flops_per_step(model_cfg, t.global_batch_size, seq_len, predictions,
-                                 final_layer_positions(objectives.objectives, init_batch, speed))
+                                 final_layer_positions(objectives.objectives, init_batch, speed), objectives)
     tokens_per_step = t.global_batch_size * seq_len
     progress = None
     if t.progress_bar and process_index == 0:
