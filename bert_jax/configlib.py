@@ -75,6 +75,7 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     """`spec` is path[:arg]; `overrides` are '--config.a.b=value' or 'a.b=value' (or, as typed on a command
     line, '--config.a.b' followed by the value)."""
     config = load_config_file(spec)
+    _add_options_of_overridden_objectives(config, list(overrides))
     argv = ["bert-jax", *_as_flags(config, list(overrides))]
     flag_values = flags.FlagValues()
     try:
@@ -85,6 +86,20 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     if rest[1:]:
         raise ConfigError(f"unexpected argument(s) {rest[1:]}; config overrides look like --config.a.b=value")
     return config
+
+
+def _add_options_of_overridden_objectives(config: ml_collections.ConfigDict, items: list[str]) -> None:
+    """An `objectives=SPEC` override brings SPEC's objectives' default options into `objective_options` (the config
+    file filled them in for its own objectives only), so that `objective_options.NAME.KEY=...` of a newly named
+    objective (e.g. objectives=distill with objective_options.distill.teacher=DIR) is a known key."""
+    if "objective_options" not in config:
+        return
+    for item in items:
+        key, given, value = item.removeprefix(f"--{FLAG}.").partition("=")
+        if key == "objectives" and given and value:
+            for name, options in objective_options(value).items():
+                if name not in config.objective_options:
+                    config.objective_options[name] = options
 
 
 def _as_flags(config: ml_collections.ConfigDict, items: list[str]) -> list[str]:

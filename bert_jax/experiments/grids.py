@@ -7,14 +7,22 @@ intermediate checkpoints, table6's 12/768/12 and table8's 80/10/10 are table5's 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Callable
 
 from bert_jax.experiments.data import DataSpec
 
-GRIDS = ("table5", "table6", "figure5", "table8", "roberta")
+GRIDS = ("table5", "table6", "figure5", "table8", "roberta", "objectives")
 SCALES = ("paper", "mini", "smoke")
 BERT_BASE = (12, 768, 12)
 PERPLEXITY = "perplexity"  # a column's task: held-out MLM perplexity from the pretraining run's eval
+HELDOUT_RATIO = "heldout_ratio"  # a column's task: held-out perplexity / unigram floor from the run's eval
+
+
+def run_dir_of(variant: str) -> str:
+    """An override value standing for the finished pretraining workdir of the grid's row `variant` (a
+    distillation teacher): the runner pretrains that row first and puts its directory here."""
+    return "{run:" + variant + "}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +47,18 @@ class Variant:
     # figure5's last point: init_step is the run's last step, so it fine-tunes from the final checkpoint and
     # shares those jobs with the grids that fine-tune the same run (table5's BERT and LTR rows)
     final_checkpoint: bool = False
+    random_init: bool = False  # the random-init floor: fine-tune `random:<run>` (the run's config, fresh weights)
+    pretraining_flops: float = 0.0  # the run's total model FLOPs, where the grid sets it (objectives: equal FLOPs)
 
     @property
     def init_suffix(self) -> str:
         """'@STEP' for an intermediate checkpoint, '' for the final one (see `bert-jax finetune --init`)."""
         return f"@{self.init_step}" if self.init_step and not self.final_checkpoint else ""
+
+    @property
+    def init_prefix(self) -> str:
+        """'random:' for the random-init floor (see `bert-jax finetune --init random:SOURCE`), else ''."""
+        return "random:" if self.random_init else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +185,7 @@ class Grid:
     all_columns: tuple[Column, ...]
     plot: str = ""  # 'figure5' | 'table6' | ''
     notes: tuple[str, ...] = ()
+    floor: str = ""  # the row fine-tuned from random init, that every other row should beat
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -278,9 +294,15 @@ def roberta(scale: str) -> Grid:
 
 
 GRID_FUNCTIONS = {"table5": table5, "table6": table6, "figure5": figure5, "table8": table8, "roberta": roberta}
+# Grids in their own module, found by name on first use as objectives are (bert_jax/objectives/base.py): the
+# objectives grid sizes its runs by the objectives' FLOPs, which imports jax, and importing this module (the CLI's
+# parser does) must not start jax before `configure_cpu_runtime` sets its device count.
+GRID_MODULES = {"objectives": "bert_jax.experiments.objectives_grid"}
 
 
 def get_grid(name: str, scale: str) -> Grid:
+    if name in GRID_MODULES:
+        return importlib.import_module(GRID_MODULES[name]).grid(scale)
     if name not in GRID_FUNCTIONS:
         raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)}")
     return GRID_FUNCTIONS[name](scale)
