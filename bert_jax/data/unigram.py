@@ -5,7 +5,7 @@ data's token frequencies. `make-data` records those frequencies in its manifest 
 vocab id, [PAD] not counted); this module scores them on exactly the targets a batch asks the model for (MLM: the
 masked positions; LTR: every next token, [SEP] included; PLM: the last tokens of each order, MLM's fields; T5 span
 corruption: the span tokens of the decoder's targets, which its `span_corruption_token_loss` metric scores, as
-sentinels and the end token are no vocab frequencies), on the host, with vectorised numpy.
+sentinels and the end token are no vocab frequencies; ELECTRA: its generator's MLM), on the host, with vectorised numpy.
 
     p(t) = (count[t] + 1) / (total + V')     (add-one, so a token never seen in pretraining has a finite cost;
                                               V' ids: the vocab less those never a target, [CLS]/[SEP] for MLM)
@@ -40,7 +40,8 @@ def _span_targets(batch):
 
 # The loss term each floor shadows, and where a batch keeps its targets (ids, weights).
 TARGETS = {"mlm_loss": _masked_targets, "ltr_loss": _next_token_targets, "plm_loss": _masked_targets,
-           "span_corruption_token_loss": _span_targets}
+           "span_corruption_token_loss": _span_targets,
+           "generator_loss": _masked_targets}  # ELECTRA's generator: MLM at the masked positions
 TERMS = tuple(TARGETS)
 
 
@@ -50,7 +51,7 @@ class UnigramError(ValueError):
 
 # Ids that are never a target of a term: they get no probability mass in its floor.
 NEVER_TARGETS = {"mlm_loss": ("pad", "cls", "sep"), "ltr_loss": ("pad", "cls"), "plm_loss": ("pad", "cls", "sep"),
-                 "span_corruption_token_loss": ("pad", "cls", "sep")}
+                 "span_corruption_token_loss": ("pad", "cls", "sep"), "generator_loss": ("pad", "cls", "sep")}
 
 
 @dataclass(frozen=True)

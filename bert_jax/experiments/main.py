@@ -4,7 +4,7 @@
          multi-seed protocol, write <grid>_mini.{json,csv,md} (and PNG plots) under <workdir>/results
   smoke  the same protocol at a toy size in minutes (CI); the numbers mean nothing
   paper  write and print the commands and configs at the paper's scale (TPU pod); nothing runs
-Grids: table5, table6, figure5, table8, roberta. Everything is restartable: rerun the same command after a crash.
+Grids: table5, table6, figure5, table8, roberta, objectives (pretraining objectives at equal FLOPs). Everything is restartable: rerun the same command after a crash.
 --dry_run lists the pretraining runs and fine-tuning jobs (and whether each is done) without running anything.
 """
 from __future__ import annotations
@@ -88,11 +88,14 @@ def dry_run(args, planned) -> int:
             steps = ckpt.complete_steps(os.path.join(args.workdir, "pretrain", run.run_id, "checkpoints"))
             target = int(run.overrides["train.steps"])
             state = "done" if target in steps else (f"resumes at step {steps[-1]}" if steps else "new")
-            print(f"  pretrain {run.run_id} [{state}] {target} steps for {', '.join(run.variants)}")
+            flops = max(grid.variant(name).pretraining_flops for name in run.variants)
+            after = runner.needs(grid, run)
+            print(f"  pretrain {run.run_id} [{state}] {target} steps for {', '.join(run.variants)}"
+                  + (f", {flops:.3g} FLOPs" if flops else "") + (f", after {', '.join(after)}" if after else ""))
         for variant in grid.variants:
             rid = runner.run_id(grid.pretrain_overrides(variant))
             for column in grid.columns:
-                if column.task == grids_lib.PERPLEXITY:
+                if column.task in (grids_lib.PERPLEXITY, grids_lib.HELDOUT_RATIO):
                     print(f"  {variant.name} / {column.key}: from the pretraining run's eval")
                     continue
                 where = planned.task(column.task)
@@ -128,7 +131,7 @@ def paper_commands(name: str) -> tuple[list[str], dict]:
     for run in runner.pretraining_runs(grid):
         o = run.overrides
         workdir = f"$OUT/pretrain/{run.run_id}"
-        args = [f"--config.{k}={shlex.quote(str(v))}" for k, v in o.items()]
+        args = [f"--config.{k}={shlex.quote(str(v))}" for k, v in runner.resolve_run_dirs(grid, run, "$OUT").items()]
         lines += [f"# {', '.join(run.variants)}",
                   f"bert-jax pretrain --config {s.config} --workdir \"{workdir}\" "
                   f"--config.data.path=\"$DATA/{o['data.mode']}-{o['data.seq_len']}\" " + " ".join(args)]
@@ -144,13 +147,13 @@ def paper_commands(name: str) -> tuple[list[str], dict]:
             final_dir[run.run_id] = f"{workdir}-phase2"
     for variant in grid.variants:
         rid = runner.run_id(grid.pretrain_overrides(variant))
-        init = final_dir[rid]
+        init = variant.init_prefix + final_dir[rid]
         if variant.init_suffix and variant.init_step <= s.steps:
             init = f"$OUT/pretrain/{rid}{variant.init_suffix}"
         for column in grid.columns:
             family = column.task.split("/")[0]
-            if column.task == grids_lib.PERPLEXITY:
-                lines.append(f"# {variant.name} / {column.key}: eval mlm_perplexity in {init}/metrics.jsonl")
+            if column.task in (grids_lib.PERPLEXITY, grids_lib.HELDOUT_RATIO):
+                lines.append(f"# {variant.name} / {column.key}: the last eval record in {init}/metrics.jsonl")
                 continue
             if family not in PAPER_DATA_DIRS:
                 lines.append(f"# {variant.name} / {column.key}: {column.task} is not a bert-jax finetune task")

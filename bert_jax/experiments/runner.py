@@ -22,7 +22,7 @@ import traceback
 from typing import Callable
 
 from bert_jax.experiments.data import PreparedData, TaskData, Unavailable, fingerprint
-from bert_jax.experiments.grids import PERPLEXITY, Column, Grid, Variant
+from bert_jax.experiments.grids import HELDOUT_RATIO, PERPLEXITY, Column, Grid, Variant, run_dir_of
 from bert_jax.experiments.paper import PAPER_CLAIMS, paper_number
 
 RUN_FAILURES = (ValueError, FileNotFoundError, OSError, RuntimeError, FloatingPointError, KeyError)
@@ -45,15 +45,41 @@ def run_id(overrides: dict) -> str:
     return f"{objectives}_{overrides.get('data.mode', 'default')}_{size}-{fingerprint(overrides)}"
 
 
+def needs(grid: Grid, run: PretrainRun) -> list[str]:
+    """Rows whose finished runs this run reads (`run_dir_of` in its overrides: a distillation teacher)."""
+    return [v.name for v in grid.variants if any(value == run_dir_of(v.name) for value in run.overrides.values())]
+
+
 def pretraining_runs(grid: Grid) -> list[PretrainRun]:
-    """Distinct pretraining runs, in the order their first variant appears."""
+    """Distinct pretraining runs, in the order their first variant appears, except that a run comes after the runs
+    it reads (`needs`)."""
     runs: dict[str, PretrainRun] = {}
     for variant in grid.variants:
         overrides = grid.pretrain_overrides(variant)
-        rid = run_id(overrides)
+        rid = run_id(overrides)  # of the placeholder, not the path: the same run in any --workdir
         previous = runs.get(rid)
         runs[rid] = PretrainRun(rid, overrides, (previous.variants if previous else ()) + (variant.name,))
-    return list(runs.values())
+    ordered: list[PretrainRun] = []
+
+    def place(run: PretrainRun, chain: tuple[str, ...]) -> None:
+        if run in ordered:
+            return
+        if run.run_id in chain:
+            raise ValueError(f"grid {grid.name}: pretraining runs read each other in a cycle ({', '.join(chain)})")
+        for name in needs(grid, run):
+            place(next(r for r in runs.values() if name in r.variants), chain + (run.run_id,))
+        ordered.append(run)
+
+    for run in runs.values():
+        place(run, ())
+    return ordered
+
+
+def resolve_run_dirs(grid: Grid, run: PretrainRun, workdir: str) -> dict:
+    """The run's overrides with each `run_dir_of(row)` replaced by that row's pretraining workdir."""
+    dirs = {run_dir_of(v.name): os.path.join(workdir, "pretrain", run_id(grid.pretrain_overrides(v)))
+            for v in grid.variants}
+    return {k: dirs.get(v, v) if isinstance(v, str) else v for k, v in run.overrides.items()}
 
 
 def finetune_options(variant: Variant, column: Column) -> dict:
@@ -61,7 +87,7 @@ def finetune_options(variant: Variant, column: Column) -> dict:
 
 
 def finetune_dir(workdir: str, variant: Variant, column: Column, rid: str) -> str:
-    init = rid + variant.init_suffix
+    init = ("random-" if variant.random_init else "") + rid + variant.init_suffix
     slug = "".join(ch if ch.isalnum() else "_" for ch in column.key).strip("_").lower()
     return os.path.join(workdir, "finetune", init, f"{slug}-{fingerprint({'task': column.task, **finetune_options(variant, column)})}")
 
@@ -92,8 +118,10 @@ def _config_args(overrides: dict) -> list[str]:
     return [f"{key}={value}" for key, value in overrides.items()]
 
 
-def pretrain_run(grid: Grid, run: PretrainRun, workdir: str, data: PreparedData, log: Logger) -> dict:
-    """Pretrain (or resume, or skip) one run; {'status', 'seconds', 'steps', 'dir', 'error'?}."""
+def pretrain_run(grid: Grid, run: PretrainRun, workdir: str, data: PreparedData, log: Logger,
+                 done: dict | None = None) -> dict:
+    """Pretrain (or resume, or skip) one run; {'status', 'seconds', 'steps', 'dir', 'error'?}. `done`: the status
+    of the runs before it, by run id (a run whose teacher failed fails too)."""
     from bert_jax import configlib
     from bert_jax.train import checkpoint as ckpt
 
@@ -103,10 +131,15 @@ def pretrain_run(grid: Grid, run: PretrainRun, workdir: str, data: PreparedData,
     if steps in ckpt.complete_steps(os.path.join(run_dir, "checkpoints")):
         log(f"pretrain {run.run_id} ({', '.join(run.variants)}): finished before, skipped")
         return {**info, "status": "done", "seconds": 0.0}
+    failed = [name for name in needs(grid, run) if (done or {}).get(run_id(grid.pretrain_overrides(
+        grid.variant(name))), {}).get("status") != "done"]
+    if failed:
+        log(f"pretrain {run.run_id}: skipped, it reads the runs of {', '.join(failed)}, which did not finish")
+        return {**info, "status": "failed", "error": f"needs the finished run of {', '.join(failed)}", "seconds": 0.0}
     start = time.perf_counter()
     try:
         train_dir, eval_dir = data.pretraining(run.overrides["data.mode"], int(run.overrides["data.seq_len"]), log)
-        overrides = {**run.overrides, "data.path": train_dir, "data.eval_path": eval_dir}
+        overrides = {**resolve_run_dirs(grid, run, workdir), "data.path": train_dir, "data.eval_path": eval_dir}
         config = configlib.load_config(grid.scale.config, _config_args(overrides))
         log(f"pretrain {run.run_id} ({', '.join(run.variants)}): {steps} steps -> {run_dir}")
         from bert_jax.train import pretrain
@@ -134,20 +167,33 @@ def _append_traceback(directory: str) -> None:
         f.write(traceback.format_exc() + "\n")
 
 
-def heldout_perplexity(run_dir: str, steps: int) -> dict:
-    """The pretraining run's held-out MLM perplexity at its final step (the last eval record written for it)."""
+def heldout_metric(run_dir: str, steps: int, metrics: tuple[str, ...]) -> dict:
+    """The first of `metrics` that the pretraining run's eval reports at its final step (the last record written
+    for it) as a one-seed cell."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    value = None
+    found = None
     if os.path.isfile(path):
         with open(path) as f:
             for line in f:
                 record = json.loads(line)
-                if record.get("split") == "eval" and record.get("step") == steps and "mlm_perplexity" in record:
-                    value = float(record["mlm_perplexity"])
-    if value is None:
-        return {"status": "failed", "reason": f"no eval mlm_perplexity at step {steps} in {path}"}
+                if record.get("split") == "eval" and record.get("step") == steps:
+                    found = next(((m, float(record[m])) for m in metrics if m in record), found)
+    if found is None:
+        return {"status": "failed", "reason": f"no eval {' or '.join(metrics)} at step {steps} in {path}"}
+    metric, value = found
     return {"status": "ok", "median": value, "min": value, "max": value, "spread": 0.0, "seeds": 1,
-            "scores": [value], "metric": "mlm_perplexity"}
+            "scores": [value], "metric": metric}
+
+
+def heldout_perplexity(run_dir: str, steps: int) -> dict:
+    """The pretraining run's held-out MLM perplexity at its final step."""
+    return heldout_metric(run_dir, steps, ("mlm_perplexity",))
+
+
+# The held-out ratio of each kind of run (model perplexity / unigram floor on the same targets,
+# bert_jax.data.unigram): a run reports the ratio of each loss term it has; the first found is its cell.
+RATIO_METRICS = ("mlm_perplexity_ratio", "ltr_perplexity_ratio", "plm_perplexity_ratio",
+                 "span_corruption_token_perplexity_ratio", "generator_perplexity_ratio")
 
 
 def cell_from_summary(summary: dict, metric: str) -> dict:
@@ -183,7 +229,7 @@ def plan_finetune(grid: Grid, variant: Variant, column: Column, run_dir: str, ri
         return {"status": "n/a", "reason": where.reason}
     assert isinstance(where, TaskData)
     out = finetune_dir(workdir, variant, column, rid)
-    init = run_dir + variant.init_suffix
+    init = variant.init_prefix + run_dir + variant.init_suffix
     options = [x for k, v in sorted(finetune_options(variant, column).items()) for x in (f"--{k}", str(v))]
     argv = ["--task", column.task, "--data_dir", where.data_dir, "--init", init, "--workdir", out, *where.args,
             *grid.scale.finetune.args(column.task), *options]
@@ -267,7 +313,9 @@ def run_grid(grid: Grid, workdir: str, data: PreparedData, log: Logger, workers:
     run_of = {name: r for r in runs for name in r.variants}
     log(f"{grid.name} at scale {grid.scale.name}: {len(grid.variants)} variants, {len(runs)} pretraining runs, "
         f"{len(grid.columns)} columns; load average {load_start[0]:.1f}")
-    pretrain_status = {r.run_id: pretrain_run(grid, r, workdir, data, log) for r in runs}
+    pretrain_status: dict[str, dict] = {}
+    for r in runs:  # in order: a run reading another's result (a teacher) comes after it
+        pretrain_status[r.run_id] = pretrain_run(grid, r, workdir, data, log, pretrain_status)
     planned, jobs = {}, {}
     for variant in grid.variants:
         run = run_of[variant.name]
@@ -278,6 +326,9 @@ def run_grid(grid: Grid, workdir: str, data: PreparedData, log: Logger, workers:
                 planned[key] = {"status": "failed", "reason": f"pretraining failed: {status.get('error', '')}"}
             elif column.task == PERPLEXITY:
                 planned[key] = heldout_perplexity(status["dir"], status["steps"])
+            elif column.task == HELDOUT_RATIO:
+                planned[key] = ({"status": "n/a", "reason": "random init: ~1 by construction"} if variant.random_init
+                                else heldout_metric(status["dir"], status["steps"], RATIO_METRICS))
             else:
                 planned[key] = plan_finetune(grid, variant, column, status["dir"], run.run_id, workdir, data)
                 if isinstance(planned[key], FinetuneJob):
@@ -295,6 +346,7 @@ def run_grid(grid: Grid, workdir: str, data: PreparedData, log: Logger, workers:
                      "paper_model": "/".join(map(str, variant.size)), "pretraining_run": run.run_id,
                      "shares_pretraining_with": variant.shares_pretraining_with, "init_step": variant.init_step,
                      "series": variant.series, "pretrain": variant.pretrain, "finetune": variant.finetune,
+                     "random_init": variant.random_init, "pretraining_flops": variant.pretraining_flops,
                      "cells": cells})
     return {
         "grid": grid.name, "scale": grid.scale.name, "title": grid.title, "source": grid.source,
@@ -302,6 +354,7 @@ def run_grid(grid: Grid, workdir: str, data: PreparedData, log: Logger, workers:
         "columns": [{"key": c.key, "task": c.task, "metric": c.metric, "note": c.note,
                      "options": c.finetune} for c in grid.columns],
         "rows": rows, "paper_claims": list(PAPER_CLAIMS.get(grid.name, ())), "notes": list(grid.notes),
+        "floor": grid.floor,
         "pretraining": list(pretrain_status.values()),
         "timing": {"wall_seconds": time.perf_counter() - wall, "load_average_start": list(load_start),
                    "load_average_end": list(os.getloadavg()), "cpu_count": os.cpu_count()},
