@@ -1,5 +1,6 @@
 """PNG plots from a grid's results record: figure5 (downstream score against pretraining steps, MLM vs LTR, with
-the min-max band over seeds) and table6 (held-out MLM perplexity against model size, ours beside the paper's)."""
+the min-max band over seeds), objectives (each column's score against pretraining FLOPs, one point per row,
+the random-init floor dashed) and table6 (held-out MLM perplexity against model size, ours beside the paper's)."""
 from __future__ import annotations
 
 import os
@@ -77,6 +78,45 @@ def plot_table6(results: dict, path: str, column: str = "LM ppl") -> str:
     return path
 
 
+def flops_points(results: dict) -> dict[str, list[tuple[float, float, str]]]:
+    """Per column: (pretraining FLOPs, median score, row) of each finished cell of a row that pretrained (the
+    random-init floor is drawn as a line of its own)."""
+    out = {}
+    for column in results["columns"]:
+        key = column["key"]
+        out[key] = sorted((float(r["pretraining_flops"]), r["cells"][key]["median"], r["variant"])
+                          for r in results["rows"] if r.get("pretraining_flops") and not r.get("random_init")
+                          and _ok(r["cells"][key]))
+    return out
+
+
+def plot_objectives(results: dict, path: str) -> tuple[str, dict]:
+    """Each column's score against pretraining FLOPs, one labelled point per row, the random-init floor dashed;
+    returns the path and the points drawn."""
+    points = flops_points(results)
+    columns = results["columns"]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.8 * len(columns), 3.6), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        key = column["key"]
+        for flops, score, row in points[key]:
+            ax.scatter([flops], [score])
+            ax.annotate(row, (flops, score), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        floor = [r["cells"][key] for r in results["rows"] if r.get("random_init") and _ok(r["cells"][key])]
+        if floor:
+            ax.axhline(floor[0]["median"], linestyle="--", color="grey", label="random init")
+            ax.legend(fontsize=7)
+        if not points[key]:
+            ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"{key} ({results['scale']})", fontsize=9)
+        ax.set_xlabel("pretraining FLOPs")
+        ax.set_ylabel(column.get("note") or "dev score (median over seeds)", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, points
+
+
 def write_plots(results: dict, kind: str, out_dir: str) -> list[str]:
     """The grid's plots (none when `kind` is '')."""
     base = os.path.join(out_dir, f"{results['grid']}_{results['scale']}")
@@ -84,4 +124,6 @@ def write_plots(results: dict, kind: str, out_dir: str) -> list[str]:
         return [plot_figure5(results, base + ".png")]
     if kind == "table6":
         return [plot_table6(results, base + "_perplexity.png")]
+    if kind == "objectives":
+        return [plot_objectives(results, base + "_flops.png")[0]]
     return []

@@ -12,7 +12,8 @@ import os
 def format_cell(cell: dict) -> str:
     status = cell.get("status")
     if status == "ok":
-        digits = 2 if cell.get("metric") == "mlm_perplexity" else 1
+        metric = cell.get("metric", "")
+        digits = 3 if metric.endswith("_ratio") else 2 if metric == "mlm_perplexity" else 1
         if cell.get("seeds", 1) <= 1 and not cell.get("spread"):
             return f"{cell['median']:.{digits}f}"
         return f"{cell['median']:.{digits}f} ± {cell['spread']:.{digits}f} ({cell['seeds']} seeds)"
@@ -82,11 +83,41 @@ def to_markdown(results: dict) -> str:
               for row in results["rows"] if row.get("shares_pretraining_with")]
     if shared:
         out += ["", "Shared pretraining: " + "; ".join(shared) + "."]
+    out += _compute_and_floor_lines(results)
     if results.get("paper_claims"):
         out += ["", "What the paper says this grid shows:"] + [f"- {c}" for c in results["paper_claims"]]
     if results.get("notes"):
         out += ["", "Notes:"] + [f"- {n}" for n in results["notes"]]
     return "\n".join(out) + "\n"
+
+
+def below_floor(results: dict) -> list[tuple[str, str]]:
+    """(row, column) cells whose median is not above the random-init floor row's in a fine-tuned column."""
+    floor = next((r for r in results["rows"] if r["variant"] == results.get("floor")), None)
+    if floor is None:
+        return []
+    out = []
+    for c in results["columns"]:
+        base = floor["cells"].get(c["key"], {})
+        if base.get("status") != "ok":
+            continue
+        out += [(r["variant"], c["key"]) for r in results["rows"] if r is not floor
+                and r["cells"][c["key"]].get("status") == "ok" and r["cells"][c["key"]]["median"] <= base["median"]]
+    return out
+
+
+def _compute_and_floor_lines(results: dict) -> list[str]:
+    """Each row's pretraining steps and FLOPs (where the grid sets them) and the cells at or below the floor."""
+    out = []
+    compute = [f"{r['variant']} {r['pretrain'].get('train.steps', '?')} steps, {r['pretraining_flops']:.3g} FLOPs"
+               for r in results["rows"] if r.get("pretraining_flops")]
+    if compute:
+        out += ["", "Pretraining compute: " + "; ".join(compute) + "."]
+    if results.get("floor"):
+        low = below_floor(results)
+        out += ["", f"At or below the {results['floor']} floor: "
+                + ("; ".join(f"{v} / {k}" for v, k in low) if low else "none of the finished cells") + "."]
+    return out
 
 
 def to_csv(results: dict) -> str:
