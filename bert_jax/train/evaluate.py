@@ -8,7 +8,9 @@
 apart) or random:SOURCE. --data is a `make-data` directory, or text files in any format `make-data` reads
 (tokenised into a temporary dataset with the model's vocab, in the objectives' data mode).
 
-Masked-LM models (the default, `mlm+nsp`; a workdir's own objectives when it has them) are scored on masks drawn
+A run's own objectives are scored where they have a held-out score (SCORABLE: MLM, LTR, XLNet's PLM on its
+predicted tokens, T5's span corruption on its span tokens, ELECTRA by its generator's MLM; a distillation student
+by its MLM head). Masked-LM models (the default, `mlm+nsp`) are scored on masks drawn
 from --seed, the same for every model given the same data and seed, over the whole set or --max_examples. A
 causal (LTR) model is scored on next-token prediction instead. Beside each perplexity stands the unigram floor
 (`bert_jax.data.unigram`): the perplexity of the pretraining data's own token frequencies on the same targets
@@ -43,13 +45,29 @@ from bert_jax.finetune.init import InitError, load_init
 from bert_jax.model.pretraining import PretrainModel
 from bert_jax.objectives.base import ObjectiveSet
 from bert_jax.train.step import make_eval_step, summarize
-from bert_jax.weights import Weights, find_head
+from bert_jax.weights import Weights, WeightsError, find_head, load_weights
 
-SCORABLE = ("mlm", "nsp", "sop", "ltr")  # objectives whose heads make a held-out score
+# Objectives whose heads make a held-out score, each against the unigram floor of its own targets
+# (bert_jax.data.unigram): MLM's masked tokens, LTR's next tokens, PLM's predicted tokens (the last 1/K of each
+# order), T5's span tokens (sentinels and the end token excluded), ELECTRA's generator at the masked positions.
+SCORABLE = ("mlm", "nsp", "sop", "ltr", "plm", "span_corruption", "electra")
+SCORED_AS = {"distill": "mlm"}  # a distillation student is scored by its own MLM head (no teacher needed)
+RATIO_PREFIXES = ("mlm", "ltr", "plm", "span_corruption_token", "generator")
 
 
 class EvaluateError(ValueError):
     """Bad input to `bert-jax evaluate`; the message names it and the fix."""
+
+
+def load_checkpoint(path: str) -> Weights:
+    """--checkpoint as `finetune --init` reads it, but keeping the networks that serve pretraining only: the heads
+    of PLM (plm_head, plm_query), T5 (span_decoder, span_sentinels) and ELECTRA (generator) score their runs."""
+    if path.startswith("random") or not path:
+        return load_init(path, name="--checkpoint")
+    try:
+        return load_weights(path, "--checkpoint", scan_layers=False, pretraining_networks=True)
+    except WeightsError as e:
+        raise EvaluateError(str(e)) from None
 
 
 def choose_objectives(init: Weights, requested: str | None) -> ObjectiveSet:
@@ -57,14 +75,17 @@ def choose_objectives(init: Weights, requested: str | None) -> ObjectiveSet:
         spec = requested
     elif init.saved_config and init.saved_config.get("objectives"):
         names = [t.rpartition("*")[2] for t in str(init.saved_config["objectives"]).replace(" ", "").split("+")]
-        kept = [n for n in names if n in SCORABLE]
+        kept = [SCORED_AS.get(n, n) for n in names if SCORED_AS.get(n, n) in SCORABLE]
         if not kept:
             raise EvaluateError(f"--checkpoint {init.path} was trained with {init.saved_config['objectives']!r}, "
                                 f"none of {SCORABLE}; pass --objectives mlm (with a model that has an MLM head)")
         spec = "+".join(kept)
     else:
         spec = "ltr" if init.config.causal else "mlm+nsp"
-    return ObjectiveSet.parse(spec)
+    # the run's own options (plm's K, T5's noise density, ELECTRA's generator width): its heads were shaped by them
+    saved = dict((init.saved_config or {}).get("objective_options") or {})
+    names = [t.rpartition("*")[2] for t in spec.replace(" ", "").split("+")]
+    return ObjectiveSet.parse(spec, {n: saved[n] for n in names if n in saved})
 
 
 def model_params(init: Weights, model: PretrainModel, batch: dict) -> dict:
@@ -130,7 +151,7 @@ def floor_for(args, init: Weights, eval_dir: str, eval_manifest: dict, vocab_siz
 
 def evaluate(args) -> dict:
     start = time.perf_counter()
-    init = load_init(args.checkpoint, name="--checkpoint")
+    init = load_checkpoint(args.checkpoint)
     objectives = choose_objectives(init, args.objectives)
     config = init.config.replace(causal=init.config.causal or objectives.causal)
     if config.causal != init.config.causal:
@@ -171,8 +192,8 @@ def evaluate(args) -> dict:
 def summary_line(result: dict) -> str:
     parts = [f"evaluate {result['checkpoint']}"
              + (f"@{result['step']}" if result.get("step") is not None else "") + f" on {int(result['examples'])} examples:"]
-    for prefix in ("mlm", "ltr"):
-        if f"{prefix}_perplexity" in result:
+    for prefix in RATIO_PREFIXES:
+        if f"{prefix}_perplexity_ratio" in result:
             parts.append(f"{prefix} loss {result[prefix + '_loss']:.4f} acc {result[prefix + '_accuracy']:.4f} "
                          f"ppl {result[prefix + '_perplexity']:.1f} vs unigram {result[prefix + '_unigram_perplexity']:.1f} "
                          f"(ratio {result[prefix + '_perplexity_ratio']:.3f})")
