@@ -131,7 +131,8 @@ def paper_commands(name: str) -> tuple[list[str], dict]:
     for run in runner.pretraining_runs(grid):
         o = run.overrides
         workdir = f"$OUT/pretrain/{run.run_id}"
-        args = [f"--config.{k}={shlex.quote(str(v))}" for k, v in runner.resolve_run_dirs(grid, run, "$OUT").items()]
+        args = [f"--config.{k}=" + (f'"{v}"' if str(v).startswith("$OUT/") else shlex.quote(str(v)))  # $OUT expands
+                for k, v in runner.resolve_run_dirs(grid, run, "$OUT").items()]
         lines += [f"# {', '.join(run.variants)}",
                   f"bert-jax pretrain --config {s.config} --workdir \"{workdir}\" "
                   f"--config.data.path=\"$DATA/{o['data.mode']}-{o['data.seq_len']}\" " + " ".join(args)]
