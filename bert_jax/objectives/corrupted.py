@@ -10,7 +10,6 @@ sums returned per term, an option, and registration. Use it beside MLM ('mlm+0.1
 import jax
 import jax.numpy as jnp
 
-from bert_jax import model_flops
 from bert_jax.model.heads import Classifier
 from bert_jax.objectives.base import Objective, register, weighted_cross_entropy
 from bert_jax.objectives.mlm import ALL_MODES
