@@ -39,7 +39,7 @@ from bert_jax.data.tokenizer_cli import train_wordpiece_files
 DEFAULT_SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
 BOOKS_GLOB = os.path.join("corpus", "gutenberg-292", "*.txt.gz")
 WIKI_GLOB = os.path.join("corpus", "enwiki-2015-sample", "*.txt.gz")
-# The held-out rule the mini recipe was measured under (experiments/recipe_probes.py): every 29th book (10 of 292)
+# The held-out rule the mini recipe was measured under (experiments/recipe_probes.py): every 29th book (11 of 292)
 # and every 25th Wikipedia file (4 of 100), whole files, so no held-out document shares a book or file with training.
 HELDOUT_EVERY_BOOK, HELDOUT_EVERY_WIKI = 29, 25
 
