@@ -37,10 +37,10 @@ def test_table5_variants_objectives_and_shared_pretraining():
     assert grid.variant("+ BiLSTM").finetune == {"variant": "bilstm"}
     runs = runner.pretraining_runs(grid)
     assert [r.variants for r in runs] == [("BERT_BASE",), ("No NSP",), ("LTR & No NSP", "+ BiLSTM")]
-    # Mini sizes: layers / 3, hidden / 4, same heads.
+    # Mini sizes: layers / 3, hidden / 4, heads / 4 (heads of 64).
     o = overrides(grid, "BERT_BASE")
     assert (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"], o["model.intermediate_size"]) == \
-        (4, 192, 12, 768)
+        (4, 192, 3, 768)
     assert [c.key for c in grid.columns] == ["MNLI-m", "QNLI", "MRPC", "SST-2", "SQuAD", "CoLA"]
     assert [c.key for c in grids.table5("paper").columns] == ["MNLI-m", "QNLI", "MRPC", "SST-2", "SQuAD"]
     assert grids.table5("paper").pretrain_overrides(grid.variant("BERT_BASE"))["model.hidden_size"] == 768
@@ -50,16 +50,55 @@ def test_table6_sizes_keep_the_papers_ratios():
     grid = grids.table6("mini")
     assert [v.name for v in grid.variants] == ["3/768/12", "6/768/3", "6/768/12", "12/768/12", "12/1024/16",
                                                "24/1024/16"]
+    got = {}
     for variant in grid.variants:
-        layers, hidden, heads = variant.size
         o = grid.pretrain_overrides(variant)
-        assert (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"]) == \
-            (max(1, layers // 3), hidden // 4, heads)
-        assert o["model.hidden_size"] % o["model.num_heads"] == 0
+        got[variant.name] = (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"],
+                             o["model.intermediate_size"])
+    assert got == {"3/768/12": (1, 192, 3, 768), "6/768/3": (2, 192, 1, 768), "6/768/12": (2, 192, 3, 768),
+                   "12/768/12": (4, 192, 3, 768), "12/1024/16": (4, 256, 4, 1024), "24/1024/16": (8, 256, 4, 1024)}
+    # BERT's head size of 64 wherever the paper's is (6/768/3's heads of 256 become one head of 192)
+    assert all(h // a == 64 for name, (_, h, a, _) in got.items() if name != "6/768/3")
     assert len(runner.pretraining_runs(grid)) == 6
     assert grid.columns[0].task == grids.PERPLEXITY and grid.plot == "table6"
     # 12/768/12 is table5's BERT_BASE: one run serves both grids.
     assert runner.run_id(overrides(grid, "12/768/12")) == runner.run_id(overrides(grids.table5("mini"), "BERT_BASE"))
+
+
+def test_mini_scale_runs_the_measured_recipe():
+    """The run's resolved config: configs/pretrain.py:mini_text under the grid's overrides."""
+    from bert_jax import configlib
+
+    grid = grids.table5("mini")
+    assert grid.scale.config == "configs/pretrain.py:mini_text"
+    assert grids.MINI_TOKENS == 8 * 2**20 and grids.MINI_STEPS == 2048
+    run = runner.pretraining_runs(grid)[0]
+    config = configlib.load_config(grid.scale.config, runner._config_args(
+        {**run.overrides, "data.path": "/train", "data.eval_path": "/heldout"}))
+    m, d, t = config.model, config.data, config.train
+    assert (m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size) == (4, 192, 3, 768)
+    assert (m.position_embedding, m.norm, m.dropout_rate, m.attention_dropout_rate) == ("rotary", "pre", 0.0, 0.0)
+    assert (d.mask_rate, d.mask_ratio, d.random_ratio, d.keep_ratio, d.seq_len) == (0.4, 0.8, 0.1, 0.1, 128)
+    assert t.steps * t.global_batch_size * d.seq_len == grids.MINI_TOKENS
+    assert config.optimizer.learning_rate == 2e-3 and config.optimizer.warmup_steps == t.steps // 10
+    assert t.eval_batches * t.global_batch_size == 512 and t.steps // t.eval_every == 4
+    assert (d.path, d.eval_path, config.objectives) == ("/train", "/heldout", "mlm+nsp")
+    # table8 varies only the mix; the rate stays the recipe's 40%
+    t8 = grids.table8("mini")
+    assert {t8.pretrain_overrides(v)["data.mask_rate"] for v in t8.variants} == {0.4}
+    ft = grids.MINI.finetune
+    assert (ft.learning_rates, ft.seeds, ft.epochs) == ((1e-3, 3e-4), 3, 2)
+
+
+def test_squad_column_trains_on_the_train_file_and_scores_the_whole_dev_set(shared, tmp_path):
+    prepared = data_lib.planned(shared, str(tmp_path / "data"), grids.MINI.data)
+    column = next(c for c in grids.table5("mini").columns if c.key == "SQuAD")
+    where = prepared.task(column.task)
+    args = list(where.args) + grids.MINI.finetune.args(column.task)
+    assert args[args.index("--train_file") + 1] == os.path.join(shared, "squad", "train-v1.1-reconstructed.json")
+    assert args[args.index("--dev_file") + 1] == os.path.join(shared, "squad", "dev-v1.1.json")
+    assert "--max_eval_examples" not in args  # all 10,570 dev questions
+    assert args[args.index("--max_train_examples") + 1] == "1200"  # a seeded subset of the train file
 
 
 def test_figure5_fine_tunes_table5_runs_at_intermediate_steps():
@@ -276,7 +315,7 @@ def test_recipe_probes_split_uses_the_same_rule(shared, tmp_path):
     from recipe_probes import split_corpus as probe_split
 
     train_glob, heldout_glob = probe_split(shared, str(tmp_path))
-    assert (train_glob, heldout_glob) == (str(tmp_path / "train" / "*" / "*.gz"), str(tmp_path / "heldout" / "*" / "*.gz"))
+    assert (train_glob, heldout_glob) == tuple(str(tmp_path / split / "*" / "*.gz") for split in ("train", "heldout"))
     sources = data_lib.find_sources(shared)
     train, heldout = data_lib.split_corpus(sources.books, sources.wiki, 29, 25)
     for pattern, files in ((train_glob, train), (heldout_glob, heldout)):
@@ -370,7 +409,8 @@ def test_data_prep_rebuilds_what_a_changed_input_changes(shared, tmp_path):
     assert fallback.task("glue/qnli") == data_lib.Unavailable("n/a (no train set)") and fallback.qnli_train == ""
     # The corpus missing: one line naming what is missing and the flag.
     shutil.rmtree(os.path.join(copy, "corpus", "enwiki-2015-sample"))
-    with pytest.raises(data_lib.ExperimentDataError, match=r"lacks corpus/enwiki-2015-sample/\*\.txt\.gz; pass --shared_data"):
+    missing = r"lacks corpus/enwiki-2015-sample/\*\.txt\.gz; pass --shared_data"
+    with pytest.raises(data_lib.ExperimentDataError, match=missing):
         data_lib.prepare(copy, root, spec, logs.append)
 
 
@@ -417,7 +457,7 @@ def test_table_writer_on_recorded_results(tmp_path):
     assert bert[2] == "n/a (no train set)" and bert[3] == "84.4"  # MNLI-m: ours n/a beside the paper's
     assert bert[6] == "53.0 ± 1.5 (3 seeds)" and bert[7] == "86.7"  # MRPC: median ± half-range beside 86.7
     assert bert[-1] == "– |"  # CoLA: no paper number
-    assert "12/768/12 -> 4/192/12" in md and "+ BiLSTM fine-tunes LTR & No NSP's pretrained model" in md
+    assert "12/768/12 -> 4/192/3" in md and "+ BiLSTM fine-tunes LTR & No NSP's pretrained model" in md
     rows = list(csv.DictReader(io.StringIO(open(paths["csv"]).read())))
     assert [r["variant"] for r in rows] == [v.name for v in grid.variants]
     assert rows[3]["SQuAD paper"] == "84.9" and rows[3]["QNLI status"] == "n/a (no train set)"

@@ -329,8 +329,8 @@ class PreparedData:
         books = len(set(self.heldout_files) & set(self.sources.books))
         return {"shared_data": self.sources.root, "data_root": self.root, "vocab": self.vocab_dir,
                 "vocab_size": s.vocab_size,
-                "pretraining_text": f"{len(self.train_files)} files of corpus/gutenberg-292 + corpus/enwiki-2015-sample "
-                                    "(all but the held-out ones)",
+                "pretraining_text": f"{len(self.train_files)} files of corpus/gutenberg-292 + "
+                                    "corpus/enwiki-2015-sample (all but the held-out ones)",
                 "heldout_text": f"{books} books (sorted positions 0, {s.heldout_every_book}, ...) + "
                                 f"{len(self.heldout_files) - books} Wikipedia files (0, {s.heldout_every_wiki}, ...)",
                 "squad": ("train squad/train-v1.1-reconstructed.json, eval the whole official squad/dev-v1.1.json"
