@@ -532,6 +532,11 @@ def test_table5_smoke_run_writes_every_file(shared, tmp_path, capsys):
             cell = row["cells"][key]
             assert cell["status"] == "ok" and cell["seeds"] == 2 and 0.0 <= cell["median"] <= 100.0, (row, key)
     assert len(os.listdir(os.path.join(workdir, "pretrain"))) == 3  # + BiLSTM reuses LTR's run
+    data = results["header"]["data"]  # the fixture corpus split by file, SQuAD trained on its train file
+    assert data["squad"].startswith("train squad/train-v1.1-reconstructed.json")
+    assert data["heldout_text"].startswith("2 books") and "2 Wikipedia files" in data["heldout_text"]
+    built = sorted(os.listdir(os.path.join(workdir, "data", "heldout")))
+    assert len(built) == 1 and built[0].startswith("segment-pair-64-v600-d1-")
     md = open(os.path.join(results_dir, "table5_smoke.md")).read()
     assert all(f"| {v.name} |" in md for v in grid.variants)
     # A rerun skips everything finished and reproduces the table.
