@@ -29,7 +29,7 @@ from bert_jax.experiments import data as data_lib
 
 BATCH, SEQ = 32, 128
 EVAL_EXAMPLES, FINAL_EXAMPLES = 512, 2048
-# The mini scale's BERT_BASE (bert_jax/experiments/grids.py: 12/768/12 -> 4/192/12).
+# The probes' base: the mini scale's BERT_BASE when they ran (12/768/12 -> 4/192/12; grids.py now uses 4/192/3).
 BASE = {"model.num_layers": 4, "model.hidden_size": 192, "model.num_heads": 12, "model.intermediate_size": 768,
         "model.max_position_embeddings": SEQ, "model.norm": "pre", "model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0,
         "optimizer.learning_rate": 1e-3, "optimizer.warmup_fraction": 0.1, "train.global_batch_size": BATCH,

@@ -1,13 +1,11 @@
-"""`bert-jax experiment`: grids build the paper's variants, the sentence-pair data mode, data prep, the table
-writer on recorded results, plots, paper-scale commands, and a smoke run of table5 on fixtures written here."""
+"""`bert-jax experiment`: grids build the paper's variants, the sentence-pair data mode, the table writer on recorded
+results, plots, paper-scale commands, and a smoke run of table5 on fixtures (_experiment_fixtures.py; data prep:
+test_experiment_data.py)."""
 import csv
-import glob
-import gzip
 import io
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 
@@ -15,12 +13,13 @@ import matplotlib.image as plt_image
 import numpy as np
 import pytest
 
-from bert_jax.data.builtin_corpus import generate_documents
 from bert_jax.data.instances import MODES, InstanceConfig, build_unit
 from bert_jax.data.corpus import RawDocument
 from bert_jax.data.tokenizer import load_tokenizer, save_vocab
-from bert_jax.experiments import data as data_lib, grids, main as exp_main, paper, runner, tables
+from bert_jax.experiments import grids, main as exp_main, paper, runner, tables
 from bert_jax.experiments.plots import write_plots
+
+from _experiment_fixtures import write_shared_data
 
 # ----------------------------------------------------------------------------------------- grids
 
@@ -88,17 +87,6 @@ def test_mini_scale_runs_the_measured_recipe():
     assert {t8.pretrain_overrides(v)["data.mask_rate"] for v in t8.variants} == {0.4}
     ft = grids.MINI.finetune
     assert (ft.learning_rates, ft.seeds, ft.epochs) == ((1e-3, 3e-4), 3, 2)
-
-
-def test_squad_column_trains_on_the_train_file_and_scores_the_whole_dev_set(shared, tmp_path):
-    prepared = data_lib.planned(shared, str(tmp_path / "data"), grids.MINI.data)
-    column = next(c for c in grids.table5("mini").columns if c.key == "SQuAD")
-    where = prepared.task(column.task)
-    args = list(where.args) + grids.MINI.finetune.args(column.task)
-    assert args[args.index("--train_file") + 1] == os.path.join(shared, "squad", "train-v1.1-reconstructed.json")
-    assert args[args.index("--dev_file") + 1] == os.path.join(shared, "squad", "dev-v1.1.json")
-    assert "--max_eval_examples" not in args  # all 10,570 dev questions
-    assert args[args.index("--max_train_examples") + 1] == "1200"  # a seeded subset of the train file
 
 
 def test_figure5_fine_tunes_table5_runs_at_intermediate_steps():
@@ -207,211 +195,9 @@ def test_sentence_pair_mode_pairs_single_sentences():
 # ----------------------------------------------------------------------------------------- fixtures
 
 
-BOOKS, WIKI_FILES = 6, 3  # the smoke scale holds out books 0 and 3 (every 3rd), wiki files 0 and 2 (every 2nd)
-LICENCE, TITLE = "zzlicence", "zztitle"  # words only in Gutenberg headers/footers and WikiExtractor title lines
-TRAINED, HELDOUT = "zztrained", "zzheldout"  # words only in the training files / only in the held-out files
-
-
-def write_shared_data(root, seed=0):
-    """A tiny folder laid out as ../shared/data: gzip Gutenberg books (licence header and footer on) and WikiExtractor
-    files, SST-2, MRPC, QNLI (no train, no dev: n/a), SQuAD train and dev. The GLUE tasks carry a learnable signal
-    (a sentiment word; a shared key word for paraphrases)."""
-    rng = np.random.default_rng(seed)
-    docs = generate_documents(160, seed=seed)
-    books = os.path.join(root, "corpus", "gutenberg-292")
-    os.makedirs(books)
-    for b in range(BOOKS):
-        marker = " ".join([HELDOUT if b % 3 == 0 else TRAINED] * 20)
-        body = "\n\n".join(" ".join(doc) for doc in docs[b * 20:(b + 1) * 20])
-        licence = " ".join([LICENCE] * 40)
-        with gzip.open(os.path.join(books, f"author-{b}--book-{b}.txt.gz"), "wt") as f:
-            f.write(f"The Project Gutenberg EBook of Book {b}\n\n{licence}\n\n"
-                    f"*** START OF THE PROJECT GUTENBERG EBOOK BOOK {b} ***\n\n{body}\n\n{marker}.\n\n"
-                    f"*** END OF THE PROJECT GUTENBERG EBOOK BOOK {b} ***\n\n{licence}\n")
-    wiki = os.path.join(root, "corpus", "enwiki-2015-sample")
-    os.makedirs(wiki)
-    articles = docs[120:]
-    for w in range(WIKI_FILES):
-        with gzip.open(os.path.join(wiki, f"text_AA_wiki_{w:02d}.txt.gz"), "wt") as f:
-            for a in range(w, len(articles), WIKI_FILES):
-                f.write(f'<doc id="{a}" url="http://en.wikipedia.org/wiki?curid={a}" title="{TITLE} {a}">\n'
-                        f"{TITLE} {TITLE} {a}\n\n{' '.join(articles[a])}\n</doc>\n")
-    glue = os.path.join(root, "glue")
-    good, bad, filler = ["good", "great", "fine"], ["bad", "awful", "poor"], docs[0][0].lower().split()[:12]
-
-    def sentence(extra):
-        words = list(rng.choice(filler, 6))
-        words.insert(int(rng.integers(7)), extra)
-        return " ".join(words)
-
-    os.makedirs(os.path.join(glue, "SST-2"))
-    for split, n in (("train", 160), ("dev", 64)):
-        with open(os.path.join(glue, "SST-2", f"{split}.tsv"), "w") as f:
-            f.write("sentence\tlabel\n")
-            for _ in range(n):
-                label = int(rng.integers(2))
-                f.write(f"{sentence(rng.choice(good if label else bad))}\t{label}\n")
-    os.makedirs(os.path.join(glue, "MRPC"))
-    for split, n in (("train", 160), ("dev", 64)):
-        with open(os.path.join(glue, "MRPC", f"{split}.tsv"), "w") as f:
-            f.write("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n")
-            for i in range(n):
-                label = int(rng.integers(2))
-                key = rng.choice(good + bad)
-                other = key if label else rng.choice([w for w in good + bad if w != key])
-                f.write(f"{label}\t{i}\t{i + 1000}\t{sentence(key)}\t{sentence(other)}\n")
-    os.makedirs(os.path.join(glue, "QNLI"))  # no dev.tsv: the QNLI column is n/a, its train set is still built
-    for name, first in (("train-v1.1-reconstructed.json", 0), ("dev-v1.1.json", 60)):
-        os.makedirs(os.path.join(root, "squad"), exist_ok=True)
-        with open(os.path.join(root, "squad", name), "w") as f:
-            json.dump({"version": "1.1", "data": squad_articles(docs[first:first + 12], name[:3])}, f)
-    return root
-
-
-def squad_articles(docs, prefix):
-    """4 articles of 3 paragraphs of 3 questions, each asking for a sentence's third word in that sentence's words
-    (so QNLI's builder finds pairs: the question shares words with the answer sentence and the next one)."""
-    articles = []
-    for a in range(4):
-        paragraphs = []
-        for p in range(3):
-            sentences = docs[a * 3 + p][:3]
-            context = " ".join(sentences)
-            answer = sentences[0].split()[2]
-            start = context.index(answer)
-            words = " ".join(sentences[0].rstrip(".").split()[:2] + sentences[1].rstrip(".").split()[:3])
-            paragraphs.append({"context": context, "qas": [
-                {"id": f"{prefix}{a}_{p}_{k}", "question": f"which word comes after {words} {k} ?",
-                 "answers": [{"text": answer, "answer_start": start}]} for k in range(3)]})
-        articles.append({"title": f"{prefix} article {a}", "paragraphs": paragraphs})
-    return articles
-    return root
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     return write_shared_data(str(tmp_path_factory.mktemp("shared")))
-
-
-def test_split_rule_holds_out_every_nth_file_of_each_source():
-    books = [f"/c/gb/b{i:03d}.txt.gz" for i in range(292)]
-    wiki = [f"/c/wiki/text_{i:02d}.txt.gz" for i in range(100)]
-    shuffled_books, shuffled_wiki = books[::-1], random.Random(0).sample(wiki, len(wiki))
-    train, heldout = data_lib.split_corpus(shuffled_books, shuffled_wiki)  # the mini rule: every 29th / 25th
-    assert heldout == [books[i] for i in range(0, 292, 29)] + [wiki[i] for i in (0, 25, 50, 75)]
-    assert len(heldout) == 11 + 4 and len(train) == 292 + 100 - 15  # books 0, 29, ..., 290
-    assert not set(train) & set(heldout) and set(train) | set(heldout) == set(books) | set(wiki)
-    assert (train, heldout) == data_lib.split_corpus(books, wiki)  # deterministic: from the sorted lists
-    assert data_lib.split_files(books[:7], 3) == ([books[i] for i in (1, 2, 4, 5)], [books[i] for i in (0, 3, 6)])
-    spec = grids.SMOKE.data
-    assert (spec.heldout_every_book, spec.heldout_every_wiki) == (3, 2)
-    assert (grids.MINI.data.heldout_every_book, grids.MINI.data.heldout_every_wiki) == (29, 25)
-    with pytest.raises(data_lib.ExperimentDataError, match="positive"):
-        data_lib.split_files(books, 0)
-
-
-def test_recipe_probes_split_uses_the_same_rule(shared, tmp_path):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
-    from recipe_probes import split_corpus as probe_split
-
-    train_glob, heldout_glob = probe_split(shared, str(tmp_path))
-    assert (train_glob, heldout_glob) == tuple(str(tmp_path / split / "*" / "*.gz") for split in ("train", "heldout"))
-    sources = data_lib.find_sources(shared)
-    train, heldout = data_lib.split_corpus(sources.books, sources.wiki, 29, 25)
-    for pattern, files in ((train_glob, train), (heldout_glob, heldout)):
-        links = sorted(glob.glob(pattern))
-        assert sorted(os.path.realpath(p) for p in links) == sorted(os.path.realpath(p) for p in files)
-    assert {os.path.basename(os.path.dirname(p)) for p in glob.glob(heldout_glob)} == {"gb", "wiki"}
-    assert probe_split(shared, str(tmp_path)) == (train_glob, heldout_glob)  # a rerun keeps the folders valid
-
-
-def vocab_words(vocab_dir):
-    with open(os.path.join(vocab_dir, "vocab.txt")) as f:
-        return {line.strip() for line in f}
-
-
-def test_data_prep_splits_by_file_and_is_idempotent(shared, tmp_path):
-    logs = []
-    spec = grids.SMOKE.data
-    prepared = data_lib.prepare(shared, str(tmp_path / "data"), spec, logs.append)
-    names = lambda files: [os.path.basename(f) for f in files]  # noqa: E731
-    assert names(prepared.heldout_files) == [f"author-{b}--book-{b}.txt.gz" for b in (0, 3)] + \
-        [f"text_AA_wiki_{w:02d}.txt.gz" for w in (0, 2)]
-    assert names(prepared.train_files) == [f"author-{b}--book-{b}.txt.gz" for b in (1, 2, 4, 5)] + \
-        ["text_AA_wiki_01.txt.gz"]
-    assert not set(prepared.heldout_files) & set(prepared.train_files)
-    # The vocab is trained on the training files' text only: no licence header/footer, no title lines, nothing
-    # held out (each of these words is frequent enough to enter it were it read).
-    words = vocab_words(prepared.vocab_dir)
-    assert TRAINED in words and not {LICENCE, TITLE, HELDOUT} & words
-    train_dir, eval_dir = prepared.pretraining("segment-pair", 64, logs.append)
-    manifests = [json.load(open(os.path.join(d, "manifest.json"))) for d in (train_dir, eval_dir)]
-    # one document per book, one per <doc>: 4 books + 13 articles train, 2 books + 27 articles held out
-    assert [m["documents"] for m in manifests] == [4 + 13, 2 + 27]
-    assert all(m["examples"] > 0 for m in manifests)
-    squad = prepared.task("squad/v1.1")
-    assert squad == data_lib.TaskData(os.path.join(shared, "squad"), (
-        "--train_file", os.path.join(shared, "squad", "train-v1.1-reconstructed.json"),
-        "--dev_file", os.path.join(shared, "squad", "dev-v1.1.json")))
-    assert isinstance(prepared.task("glue/sst2"), data_lib.TaskData)
-    assert os.path.isfile(prepared.qnli_train)  # built from SQuAD train, but GLUE's QNLI dev is absent here
-    assert prepared.task("glue/qnli") == data_lib.Unavailable("n/a (no dev set)")
-    assert prepared.task("glue/mnli") == data_lib.Unavailable("n/a (no train set)")
-    assert prepared.task("conll2003").reason.startswith("n/a")
-    products = [prepared.vocab_dir, prepared.qnli_train, *glob.glob(os.path.join(train_dir, "shard-*", "*"))]
-    mtimes = {p: os.path.getmtime(p) for p in products}
-    logs.clear()
-    again = data_lib.prepare(shared, str(tmp_path / "data"), spec, logs.append)
-    assert logs == [] and again == prepared  # second call: nothing rebuilt
-    assert again.pretraining("segment-pair", 64, logs.append) == (train_dir, eval_dir)
-    assert all("already complete" in line for line in logs) and len(logs) == 2
-    assert mtimes == {p: os.path.getmtime(p) for p in mtimes}
-    assert data_lib.planned(shared, str(tmp_path / "data"), spec) == prepared  # --dry_run names the same paths
-    with pytest.raises(data_lib.ExperimentDataError, match="--shared_data"):
-        data_lib.find_sources(str(tmp_path / "missing"))
-
-
-def test_data_prep_rebuilds_what_a_changed_input_changes(shared, tmp_path):
-    copy = str(tmp_path / "shared")
-    shutil.copytree(shared, copy)
-    spec, root, logs = grids.SMOKE.data, str(tmp_path / "data"), []
-    first = data_lib.prepare(copy, root, spec, logs.append)
-    dirs = first.pretraining("segment-pair", 64, logs.append)
-    # A held-out file changes: the held-out set is rebuilt, the vocab (trained without it) and training set are not.
-    with gzip.open(os.path.join(copy, "corpus", "enwiki-2015-sample", "text_AA_wiki_02.txt.gz"), "at") as f:
-        f.write('<doc id="99" url="u" title="t">\nt\n\nA new article about the town. It has a mill.\n</doc>\n')
-    logs.clear()
-    second = data_lib.prepare(copy, root, spec, logs.append)
-    assert logs == []
-    dirs2 = second.pretraining("segment-pair", 64, logs.append)
-    assert dirs2[0] == dirs[0] and dirs2[1] != dirs[1]
-    assert json.load(open(os.path.join(dirs2[1], "manifest.json")))["documents"] == 2 + 27 + 1
-    # A training book changes: the vocab is retrained and the training set rebuilt.
-    book = os.path.join(copy, "corpus", "gutenberg-292", "author-1--book-1.txt.gz")
-    with gzip.open(book, "rt") as f:
-        text = f.read()
-    with gzip.open(book, "wt") as f:
-        f.write(text.replace("*** END OF", "zznewword " * 30 + ".\n\n*** END OF"))
-    logs.clear()
-    third = data_lib.prepare(copy, root, spec, logs.append)
-    assert any("WordPiece vocab" in line for line in logs) and "zznewword" in vocab_words(third.vocab_dir)
-    dirs3 = third.pretraining("segment-pair", 64, logs.append)
-    assert dirs3[0] not in (dirs[0], dirs2[0])
-    # Without the SQuAD train file the column falls back to the dev file's halves, and says so.
-    os.remove(os.path.join(copy, "squad", "train-v1.1-reconstructed.json"))
-    logs.clear()
-    fallback = data_lib.prepare(copy, root, spec, logs.append)
-    assert any("note: no squad/train-v1.1-reconstructed.json" in line for line in logs)
-    squad_dir = fallback.task("squad/v1.1").data_dir
-    halves = {s: json.load(open(os.path.join(squad_dir, f"{s}-v1.1.json"))) for s in ("train", "dev")}
-    assert [a["title"] for a in halves["train"]["data"]] == ["dev article 0", "dev article 2"]
-    assert [a["title"] for a in halves["dev"]["data"]] == ["dev article 1", "dev article 3"]
-    assert fallback.task("glue/qnli") == data_lib.Unavailable("n/a (no train set)") and fallback.qnli_train == ""
-    # The corpus missing: one line naming what is missing and the flag.
-    shutil.rmtree(os.path.join(copy, "corpus", "enwiki-2015-sample"))
-    missing = r"lacks corpus/enwiki-2015-sample/\*\.txt\.gz; pass --shared_data"
-    with pytest.raises(data_lib.ExperimentDataError, match=missing):
-        data_lib.prepare(copy, root, spec, logs.append)
 
 
 # ----------------------------------------------------------------------------------------- tables and plots

@@ -171,32 +171,6 @@ def _write_stamp(path: str, key: dict) -> None:
     _write_atomic(path, json.dumps(key, indent=1, sort_keys=True))
 
 
-# ----------------------------------------------------------------------------------------- idempotent steps
-
-
-def _file_id(path: str) -> list:
-    return [os.path.abspath(path), os.path.getsize(path)]
-
-
-def _stamp_matches(stamp_path: str, key: dict) -> bool:
-    if not os.path.isfile(stamp_path):
-        return False
-    with open(stamp_path) as f:
-        return json.load(f) == key
-
-
-def _write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _write_stamp(path: str, key: dict) -> None:
-    _write_atomic(path, json.dumps(key, indent=1, sort_keys=True))
-
-
 # ----------------------------------------------------------------------------------------- products
 
 
