@@ -25,9 +25,11 @@ import subprocess
 import sys
 import time
 
+from bert_jax.experiments import data as data_lib
+
 BATCH, SEQ = 32, 128
 EVAL_EXAMPLES, FINAL_EXAMPLES = 512, 2048
-# The mini scale's BERT_BASE (bert_jax/experiments/grids.py: 12/768/12 -> 4/192/12).
+# The probes' base: the mini scale's BERT_BASE when they ran (12/768/12 -> 4/192/12; grids.py now uses 4/192/3).
 BASE = {"model.num_layers": 4, "model.hidden_size": 192, "model.num_heads": 12, "model.intermediate_size": 768,
         "model.max_position_embeddings": SEQ, "model.norm": "pre", "model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0,
         "optimizer.learning_rate": 1e-3, "optimizer.warmup_fraction": 0.1, "train.global_batch_size": BATCH,
@@ -68,19 +70,21 @@ def resolve(name: str) -> tuple[str, dict]:
 
 
 def split_corpus(shared: str, root: str) -> tuple[str, str]:
-    """Symlink folders train/ and heldout/ over the corpus files; returns their globs."""
-    books = sorted(glob.glob(os.path.join(shared, "corpus", "gutenberg-292", "*.txt.gz")))
-    wiki = sorted(glob.glob(os.path.join(shared, "corpus", "enwiki-2015-sample", "*.txt.gz")))
+    """Symlink folders train/ and heldout/ over the corpus files, split by the mini data's rule
+    (bert_jax/experiments/data.py: split_files); returns their globs."""
+    books = sorted(glob.glob(os.path.join(shared, data_lib.BOOKS_GLOB)))
+    wiki = sorted(glob.glob(os.path.join(shared, data_lib.WIKI_GLOB)))
     if not books or not wiki:
         sys.exit(f"recipe_probes: {shared}/corpus lacks gutenberg-292/*.txt.gz or enwiki-2015-sample/*.txt.gz; "
                  "pass --shared_data")
-    for files, every, sub in ((books, 29, "gb"), (wiki, 25, "wiki")):
-        for i, path in enumerate(files):
-            folder = os.path.join(root, "heldout" if i % every == 0 else "train", sub)
-            os.makedirs(folder, exist_ok=True)
-            link = os.path.join(folder, os.path.basename(path))
-            if not os.path.lexists(link):
-                os.symlink(os.path.abspath(path), link)
+    for files, every, sub in ((books, data_lib.HELDOUT_EVERY_BOOK, "gb"), (wiki, data_lib.HELDOUT_EVERY_WIKI, "wiki")):
+        for split, paths in zip(("train", "heldout"), data_lib.split_files(files, every)):
+            folder = os.path.join(root, split, sub)
+            for path in paths:
+                os.makedirs(folder, exist_ok=True)
+                link = os.path.join(folder, os.path.basename(path))
+                if not os.path.lexists(link):
+                    os.symlink(os.path.abspath(path), link)
     return os.path.join(root, "train", "*", "*.gz"), os.path.join(root, "heldout", "*", "*.gz")
 
 

@@ -1,5 +1,6 @@
-"""`bert-jax experiment`: grids build the paper's variants, the sentence-pair data mode, data prep, the table
-writer on recorded results, plots, paper-scale commands, and a smoke run of table5 on fixtures written here."""
+"""`bert-jax experiment`: grids build the paper's variants, the sentence-pair data mode, the table writer on recorded
+results, plots, paper-scale commands, and a smoke run of table5 on fixtures (_experiment_fixtures.py; data prep:
+test_experiment_data.py)."""
 import csv
 import io
 import json
@@ -12,12 +13,13 @@ import matplotlib.image as plt_image
 import numpy as np
 import pytest
 
-from bert_jax.data.builtin_corpus import generate_documents
 from bert_jax.data.instances import MODES, InstanceConfig, build_unit
 from bert_jax.data.corpus import RawDocument
 from bert_jax.data.tokenizer import load_tokenizer, save_vocab
-from bert_jax.experiments import data as data_lib, grids, main as exp_main, paper, runner, tables
+from bert_jax.experiments import grids, main as exp_main, paper, runner, tables
 from bert_jax.experiments.plots import write_plots
+
+from _experiment_fixtures import write_shared_data
 
 # ----------------------------------------------------------------------------------------- grids
 
@@ -34,10 +36,10 @@ def test_table5_variants_objectives_and_shared_pretraining():
     assert grid.variant("+ BiLSTM").finetune == {"variant": "bilstm"}
     runs = runner.pretraining_runs(grid)
     assert [r.variants for r in runs] == [("BERT_BASE",), ("No NSP",), ("LTR & No NSP", "+ BiLSTM")]
-    # Mini sizes: layers / 3, hidden / 4, same heads.
+    # Mini sizes: layers / 3, hidden / 4, heads / 4 (heads of 64).
     o = overrides(grid, "BERT_BASE")
     assert (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"], o["model.intermediate_size"]) == \
-        (4, 192, 12, 768)
+        (4, 192, 3, 768)
     assert [c.key for c in grid.columns] == ["MNLI-m", "QNLI", "MRPC", "SST-2", "SQuAD", "CoLA"]
     assert [c.key for c in grids.table5("paper").columns] == ["MNLI-m", "QNLI", "MRPC", "SST-2", "SQuAD"]
     assert grids.table5("paper").pretrain_overrides(grid.variant("BERT_BASE"))["model.hidden_size"] == 768
@@ -47,16 +49,44 @@ def test_table6_sizes_keep_the_papers_ratios():
     grid = grids.table6("mini")
     assert [v.name for v in grid.variants] == ["3/768/12", "6/768/3", "6/768/12", "12/768/12", "12/1024/16",
                                                "24/1024/16"]
+    got = {}
     for variant in grid.variants:
-        layers, hidden, heads = variant.size
         o = grid.pretrain_overrides(variant)
-        assert (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"]) == \
-            (max(1, layers // 3), hidden // 4, heads)
-        assert o["model.hidden_size"] % o["model.num_heads"] == 0
+        got[variant.name] = (o["model.num_layers"], o["model.hidden_size"], o["model.num_heads"],
+                             o["model.intermediate_size"])
+    assert got == {"3/768/12": (1, 192, 3, 768), "6/768/3": (2, 192, 1, 768), "6/768/12": (2, 192, 3, 768),
+                   "12/768/12": (4, 192, 3, 768), "12/1024/16": (4, 256, 4, 1024), "24/1024/16": (8, 256, 4, 1024)}
+    # BERT's head size of 64 wherever the paper's is (6/768/3's heads of 256 become one head of 192)
+    assert all(h // a == 64 for name, (_, h, a, _) in got.items() if name != "6/768/3")
     assert len(runner.pretraining_runs(grid)) == 6
     assert grid.columns[0].task == grids.PERPLEXITY and grid.plot == "table6"
     # 12/768/12 is table5's BERT_BASE: one run serves both grids.
     assert runner.run_id(overrides(grid, "12/768/12")) == runner.run_id(overrides(grids.table5("mini"), "BERT_BASE"))
+
+
+def test_mini_scale_runs_the_measured_recipe():
+    """The run's resolved config: configs/pretrain.py:mini_text under the grid's overrides."""
+    from bert_jax import configlib
+
+    grid = grids.table5("mini")
+    assert grid.scale.config == "configs/pretrain.py:mini_text"
+    assert grids.MINI_TOKENS == 8 * 2**20 and grids.MINI_STEPS == 2048
+    run = runner.pretraining_runs(grid)[0]
+    config = configlib.load_config(grid.scale.config, runner._config_args(
+        {**run.overrides, "data.path": "/train", "data.eval_path": "/heldout"}))
+    m, d, t = config.model, config.data, config.train
+    assert (m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size) == (4, 192, 3, 768)
+    assert (m.position_embedding, m.norm, m.dropout_rate, m.attention_dropout_rate) == ("rotary", "pre", 0.0, 0.0)
+    assert (d.mask_rate, d.mask_ratio, d.random_ratio, d.keep_ratio, d.seq_len) == (0.4, 0.8, 0.1, 0.1, 128)
+    assert t.steps * t.global_batch_size * d.seq_len == grids.MINI_TOKENS
+    assert config.optimizer.learning_rate == 2e-3 and config.optimizer.warmup_steps == t.steps // 10
+    assert t.eval_batches * t.global_batch_size == 512 and t.steps // t.eval_every == 4
+    assert (d.path, d.eval_path, config.objectives) == ("/train", "/heldout", "mlm+nsp")
+    # table8 varies only the mix; the rate stays the recipe's 40%
+    t8 = grids.table8("mini")
+    assert {t8.pretrain_overrides(v)["data.mask_rate"] for v in t8.variants} == {0.4}
+    ft = grids.MINI.finetune
+    assert (ft.learning_rates, ft.seeds, ft.epochs) == ((1e-3, 3e-4), 3, 2)
 
 
 def test_figure5_fine_tunes_table5_runs_at_intermediate_steps():
@@ -165,92 +195,9 @@ def test_sentence_pair_mode_pairs_single_sentences():
 # ----------------------------------------------------------------------------------------- fixtures
 
 
-def write_shared_data(root, seed=0):
-    """A tiny folder laid out as ../shared/data: books, WikiText-style articles, SST-2, MRPC, QNLI (dev only),
-    SQuAD. The GLUE tasks carry a learnable signal (a sentiment word; a shared key word for paraphrases)."""
-    rng = np.random.default_rng(seed)
-    docs = generate_documents(160, seed=seed)
-    books = os.path.join(root, "corpus", "gutenberg")
-    os.makedirs(books)
-    for b in range(2):
-        with open(os.path.join(books, f"book{b}.txt"), "w") as f:
-            f.write("\n\n".join(" ".join(doc) for doc in docs[b * 60:(b + 1) * 60]))
-    os.makedirs(os.path.join(root, "corpus", "wikitext-2"))
-    with open(os.path.join(root, "corpus", "wikitext-2", "valid.txt"), "w") as f:
-        for a, doc in enumerate(docs[120:]):
-            f.write(f" \n = Article {a} = \n \n {doc[0]} @-@ <unk> \n \n = = Part = = \n \n {' '.join(doc[1:])} \n")
-    glue = os.path.join(root, "glue")
-    good, bad, filler = ["good", "great", "fine"], ["bad", "awful", "poor"], docs[0][0].lower().split()[:12]
-
-    def sentence(extra):
-        words = list(rng.choice(filler, 6))
-        words.insert(int(rng.integers(7)), extra)
-        return " ".join(words)
-
-    os.makedirs(os.path.join(glue, "SST-2"))
-    for split, n in (("train", 160), ("dev", 64)):
-        with open(os.path.join(glue, "SST-2", f"{split}.tsv"), "w") as f:
-            f.write("sentence\tlabel\n")
-            for _ in range(n):
-                label = int(rng.integers(2))
-                f.write(f"{sentence(rng.choice(good if label else bad))}\t{label}\n")
-    os.makedirs(os.path.join(glue, "MRPC"))
-    for split, n in (("train", 160), ("dev", 64)):
-        with open(os.path.join(glue, "MRPC", f"{split}.tsv"), "w") as f:
-            f.write("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n")
-            for i in range(n):
-                label = int(rng.integers(2))
-                key = rng.choice(good + bad)
-                other = key if label else rng.choice([w for w in good + bad if w != key])
-                f.write(f"{label}\t{i}\t{i + 1000}\t{sentence(key)}\t{sentence(other)}\n")
-    os.makedirs(os.path.join(glue, "QNLI"))
-    with open(os.path.join(glue, "QNLI", "dev.tsv"), "w") as f:
-        f.write("index\tquestion\tsentence\tlabel\n0\twhat is it ?\tit is a town .\tentailment\n")
-    articles = []
-    for a in range(4):
-        paragraphs = []
-        for p in range(3):
-            context = " ".join(docs[a * 3 + p][:3])
-            answer = context.split()[2]
-            start = context.index(answer)
-            paragraphs.append({"context": context, "qas": [
-                {"id": f"q{a}_{p}_{k}", "question": f"which word comes third {k} ?",
-                 "answers": [{"text": answer, "answer_start": start}]} for k in range(3)]})
-        articles.append({"title": f"Article {a}", "paragraphs": paragraphs})
-    os.makedirs(os.path.join(root, "squad"))
-    with open(os.path.join(root, "squad", "dev-v1.1.json"), "w") as f:
-        json.dump({"version": "1.1", "data": articles}, f)
-    return root
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     return write_shared_data(str(tmp_path_factory.mktemp("shared")))
-
-
-def test_data_prep_splits_by_article_and_is_idempotent(shared, tmp_path):
-    logs = []
-    prepared = data_lib.prepare(shared, str(tmp_path / "data"), grids.SMOKE.data, logs.append)
-    with open(prepared.heldout_text) as f:
-        heldout = [json.loads(line)["text"] for line in f]
-    with open(prepared.pretrain_text) as f:
-        train = [json.loads(line)["text"] for line in f]
-    assert len(heldout) == 10 and len(train) == 2 + 30  # 25% of 40 articles held out; 2 books
-    assert all("<unk>" not in t and "@-@" not in t and "= =" not in t for t in heldout + train)
-    assert not set(heldout) & set(train)
-    squad = {s: json.load(open(os.path.join(prepared.squad_dir, f"{s}-v1.1.json"))) for s in ("train", "dev")}
-    assert [a["title"] for a in squad["train"]["data"]] == ["Article 0", "Article 2"]
-    assert [a["title"] for a in squad["dev"]["data"]] == ["Article 1", "Article 3"]
-    assert isinstance(prepared.task("glue/sst2"), data_lib.TaskData)
-    assert prepared.task("glue/qnli") == data_lib.Unavailable("n/a (no train set)")
-    assert prepared.task("glue/mnli") == data_lib.Unavailable("n/a (no train set)")
-    assert prepared.task("conll2003").reason.startswith("n/a")
-    mtimes = {p: os.path.getmtime(p) for p in (prepared.pretrain_text, prepared.squad_dir, prepared.vocab_dir)}
-    logs.clear()
-    data_lib.prepare(shared, str(tmp_path / "data"), grids.SMOKE.data, logs.append)
-    assert logs == [] and mtimes == {p: os.path.getmtime(p) for p in mtimes}  # second call: nothing rebuilt
-    with pytest.raises(data_lib.ExperimentDataError, match="--shared_data"):
-        data_lib.find_sources(str(tmp_path / "missing"))
 
 
 # ----------------------------------------------------------------------------------------- tables and plots
@@ -296,7 +243,7 @@ def test_table_writer_on_recorded_results(tmp_path):
     assert bert[2] == "n/a (no train set)" and bert[3] == "84.4"  # MNLI-m: ours n/a beside the paper's
     assert bert[6] == "53.0 ± 1.5 (3 seeds)" and bert[7] == "86.7"  # MRPC: median ± half-range beside 86.7
     assert bert[-1] == "– |"  # CoLA: no paper number
-    assert "12/768/12 -> 4/192/12" in md and "+ BiLSTM fine-tunes LTR & No NSP's pretrained model" in md
+    assert "12/768/12 -> 4/192/3" in md and "+ BiLSTM fine-tunes LTR & No NSP's pretrained model" in md
     rows = list(csv.DictReader(io.StringIO(open(paths["csv"]).read())))
     assert [r["variant"] for r in rows] == [v.name for v in grid.variants]
     assert rows[3]["SQuAD paper"] == "84.9" and rows[3]["QNLI status"] == "n/a (no train set)"
@@ -371,6 +318,11 @@ def test_table5_smoke_run_writes_every_file(shared, tmp_path, capsys):
             cell = row["cells"][key]
             assert cell["status"] == "ok" and cell["seeds"] == 2 and 0.0 <= cell["median"] <= 100.0, (row, key)
     assert len(os.listdir(os.path.join(workdir, "pretrain"))) == 3  # + BiLSTM reuses LTR's run
+    data = results["header"]["data"]  # the fixture corpus split by file, SQuAD trained on its train file
+    assert data["squad"].startswith("train squad/train-v1.1-reconstructed.json")
+    assert data["heldout_text"].startswith("2 books") and "2 Wikipedia files" in data["heldout_text"]
+    built = sorted(os.listdir(os.path.join(workdir, "data", "heldout")))
+    assert len(built) == 1 and built[0].startswith("segment-pair-64-v600-d1-")
     md = open(os.path.join(results_dir, "table5_smoke.md")).read()
     assert all(f"| {v.name} |" in md for v in grid.variants)
     # A rerun skips everything finished and reproduces the table.
