@@ -17,7 +17,7 @@ import pytest
 
 import _pretrain_helpers as h
 from bert_jax import cli, outputs
-from bert_jax.data import make_data, shards
+from bert_jax.data import shards
 from bert_jax.data.tokenizer import SPECIAL_TOKENS, save_vocab
 
 ROOT = os.geteuid() == 0

@@ -155,7 +155,7 @@ def test_word_start_marks_segment_starts(tagged, tmp_path):
 
 def test_same_seed_same_bytes_any_worker_count(tagged, tmp_path):
     one = _build(tagged, tmp_path / "w1", seed=3, workers=1, unit_chars=20_000)
-    two = _build(tagged, tmp_path / "w2", seed=3, workers=2, unit_chars=20_000)
+    _build(tagged, tmp_path / "w2", seed=3, workers=2, unit_chars=20_000)
     other = _build(tagged, tmp_path / "s4", seed=4, workers=1, unit_chars=20_000)
     assert len(one.manifest["shards"]) >= 4
     _assert_same_tree(tmp_path / "w1", tmp_path / "w2")
