@@ -389,7 +389,7 @@ def test_distill_learns_from_a_frozen_teacher(strategy, dataset, tmp_path):
     assert set(tree["params"]) == {"encoder", "mlm_head", "distill_projection"}, set(tree["params"])
 
 
-@pytest.mark.parametrize("name", ["albert", "roberta", "spanbert", "electra", "distill"])
+@pytest.mark.parametrize("name", ["albert", "roberta", "spanbert", "electra", "distill", "xlnet", "t5"])
 def test_preset_configs_are_consistent(name):
     from bert_jax.model.config import ModelConfig
 
@@ -407,3 +407,11 @@ def test_preset_configs_are_consistent(name):
             assert cfg.share_layers and cfg.factorized and (variant == "tiny" or cfg.embed_dim == 128)
         if variant == "small":
             assert (cfg.num_layers, cfg.hidden_size, cfg.embed_dim) == (12, 256, 128)
+        if name in ("xlnet", "t5"):  # their own objective, its paper's defaults, relative positions, no NSP
+            assert tuple(objectives.names) == ({"xlnet": "plm", "t5": "span_corruption"}[name],)
+            assert cfg.position_embedding == "relative" and c.data.mode == "full-sentences"
+            if name == "xlnet":
+                assert options["plm"]["partial_prediction_k"] == 6
+            else:
+                assert (options["span_corruption"]["noise_density"], options["span_corruption"]["mean_span_length"]) \
+                    == (0.15, 3.0)
