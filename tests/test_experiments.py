@@ -377,3 +377,15 @@ def test_context_use_conditions_touch_only_the_unmasked_words():
         assert sorted(out["shuffled"][row][free]) == sorted(ids[row][free])  # the same bag of words
         assert not np.array_equal(out["shuffled"][row][free], ids[row][free])  # in another order
     assert (out["random"][~fixed] != ids[~fixed]).mean() > 0.8
+
+
+def test_linear_probe_fits_a_separable_direction_and_scores_chance_on_noise():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    from linear_probe import logistic_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 20))
+    y = (x[:, 3] - 0.5 * x[:, 7] > 0).astype(int)
+    assert logistic_probe(x[:400], y[:400], x[400:], y[400:]) > 0.95
+    noise = rng.normal(size=(600, 20))
+    assert abs(logistic_probe(noise[:400], y[:400], noise[400:], y[400:]) - 0.5) < 0.12
