@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import jax
 import numpy as np
 
-from bert_jax.data.masking import MaskingConfig
 from bert_jax.data.pipeline import make_eval_iterator
 from bert_jax.finetune.init import load_init
 from bert_jax.model.pretraining import PretrainModel
 from bert_jax.objectives.base import ObjectiveSet
-from bert_jax.train.evaluate import model_params
+from bert_jax.train.evaluate import masking_for, model_params
 from bert_jax.train.step import make_eval_step
 
 FIRST_ORDINARY_ID = 5  # [PAD], [UNK], [CLS], [SEP], [MASK] come first in every vocab make-data writes
@@ -56,8 +54,7 @@ def main() -> None:
     objectives = ObjectiveSet.parse("mlm")
     model = PretrainModel(init.config, objectives)
     step = jax.jit(make_eval_step(model, objectives))
-    seq_len = init.config.max_position_embeddings
-    masking = MaskingConfig(rate=0.15, max_predictions=math.ceil(0.15 * seq_len))
+    masking = masking_for(objectives, init.saved_config, init.config.max_position_embeddings, rate=0.15)
     rng = np.random.default_rng(0)
     totals: dict[str, dict[str, float]] = {}
     params, seen = None, 0

@@ -12,7 +12,6 @@ this shows what pretraining put into it before any adaptation, against the same 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bert_jax.data.tokenizer import load_tokenizer
+from bert_jax.finetune.glue import read_glue
 from bert_jax.finetune.init import load_init
 from bert_jax.model.config import SpeedConfig
 from bert_jax.model.encoder import Encoder
@@ -28,12 +28,14 @@ from bert_jax.model.encoder import Encoder
 MAX_LEN, BATCH = 64, 128
 
 
-def read_sst2(path: str, limit: int = 0) -> tuple[list[str], np.ndarray]:
-    with open(path, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if limit:
-        rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[:limit]]
-    return [r["sentence"] for r in rows], np.array([int(r["label"]) for r in rows])
+def read_sst2(glue_dir: str, split: str, limit: int = 0) -> tuple[list[str], np.ndarray]:
+    """SST-2 through the fine-tuning reader; `limit` keeps the seeded subset `bert-jax finetune
+    --max_train_examples` trains on (finetune/checks.py::read_train)."""
+    examples = read_glue("sst2", glue_dir, split)
+    if limit and limit < len(examples):
+        keep = np.sort(np.random.default_rng(0).choice(len(examples), limit, replace=False))
+        examples = [examples[i] for i in keep]
+    return [e.text_a for e in examples], np.array([e.label for e in examples])
 
 
 def features(init, tokenizer, texts: list[str]) -> dict[str, np.ndarray]:
@@ -90,13 +92,14 @@ def main() -> None:
     p.add_argument("--train_examples", type=int, default=4000, help="seeded subset of SST-2 train (0: all)")
     p.add_argument("--out", default="", help="JSON file for the results (default: none)")
     args = p.parse_args()
-    train_x, train_y = read_sst2(os.path.join(args.glue_dir, "train.tsv"), args.train_examples)
-    dev_x, dev_y = read_sst2(os.path.join(args.glue_dir, "dev.tsv"))
+    train_x, train_y = read_sst2(args.glue_dir, "train", args.train_examples)
+    dev_x, dev_y = read_sst2(args.glue_dir, "dev")
     results = {}
     for checkpoint in args.checkpoint:
         init = load_init(checkpoint, vocab=args.vocab or None, name="--checkpoint")
-        base = load_init(checkpoint.removeprefix("random:"), name="--checkpoint") if not init.vocab_path else init
-        tokenizer = load_tokenizer(args.vocab or base.vocab_path)
+        if not (args.vocab or init.vocab_path):
+            raise SystemExit(f"--checkpoint {checkpoint} records no vocab; pass --vocab (its vocab.txt)")
+        tokenizer = load_tokenizer(args.vocab or init.vocab_path)
         train_f, dev_f = features(init, tokenizer, train_x), features(init, tokenizer, dev_x)
         results[checkpoint] = {k: logistic_probe(train_f[k], train_y, dev_f[k], dev_y) for k in train_f}
         print(checkpoint, " ".join(f"{k}={v:.3f}" for k, v in results[checkpoint].items()))
