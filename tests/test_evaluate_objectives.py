@@ -63,3 +63,12 @@ def test_evaluate_scores_plm_and_span_corruption_against_their_floor(objectives,
     assert -np.log(p.max()) - 1e-9 <= result[f"{prefix}_unigram_loss"] <= -np.log(p.min()) + 1e-9
     # uniform words: the floor is about the number of words, whichever objective's targets it is held against
     assert WORDS * 0.7 < result[f"{prefix}_unigram_perplexity"] < WORDS * 1.5
+
+
+@pytest.mark.parametrize("checkpoint,step,shown", [("/runs/a", 40, "/runs/a@40"), ("/runs/a@40", 40, "/runs/a@40"),
+                                                   ("/x/params.msgpack", None, "/x/params.msgpack")])
+def test_summary_line_names_the_checkpoint_once(checkpoint, step, shown):
+    result = {"checkpoint": checkpoint, "step": step, "examples": 64.0, "mlm_loss": 2.0, "mlm_accuracy": 0.5,
+              "mlm_perplexity": 7.39, "mlm_unigram_perplexity": 100.0, "mlm_perplexity_ratio": 0.0739}
+    line = evaluate.summary_line(result)
+    assert line.startswith(f"evaluate {shown} on 64 examples:") and "ratio 0.074" in line

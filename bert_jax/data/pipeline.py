@@ -202,12 +202,20 @@ def make_pretrain_iterator(dataset_dir: str, global_batch_size: int, seed: int, 
                  expected_vocab_fingerprint=expected_vocab_fingerprint, vocab_size=vocab_size, max_positions=max_positions)
 
 
+EVAL_ORDER_SEED = 0  # one order for every model, run and process count: their scores are over the same examples
+
+
 def make_eval_iterator(dataset_dir: str, global_batch_size: int, masking: MaskingConfig, *, mask_seed: int = 0,
                        process_index: int = 0, process_count: int = 1, packing: bool = False,
                        expected_vocab_fingerprint: str | None = None, vocab_size: int | None = None,
                        max_positions: int | None = None, num_threads: int = 1, prefetch: int = 4) -> BatchIterator:
-    """Every example exactly once, in order, with masks fixed by `mask_seed`; the last batch is padded."""
-    spec = PipelineSpec(global_batch_size, seed=0, masking=masking, shuffle=False, epochs=1,
+    """Every example exactly once, in one fixed pseudo-random order, with masks fixed by `mask_seed` (keyed by
+    example, so the same example gets the same masks whatever the order); the last batch is padded.
+
+    The order is a shuffle, not the file order, so that the first N batches (the in-run eval's `eval_batches`,
+    `evaluate --max_examples`) are a sample of the whole set: make-data writes a corpus's files in order, and the
+    first shards of a held-out split can be one or two books, whose NSP negatives all come from each other."""
+    spec = PipelineSpec(global_batch_size, seed=EVAL_ORDER_SEED, masking=masking, shuffle=True, epochs=1,
                         drop_remainder=False, packing=packing, mask_seed=mask_seed, model_vocab_size=vocab_size)
     return _open(dataset_dir, spec, process_index, process_count, num_threads, prefetch,
                  expected_vocab_fingerprint=expected_vocab_fingerprint, vocab_size=vocab_size, max_positions=max_positions)

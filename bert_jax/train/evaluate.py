@@ -11,7 +11,8 @@ apart) or random:SOURCE. --data is a `make-data` directory, or text files in any
 A run's own objectives are scored where they have a held-out score (SCORABLE: MLM, LTR, XLNet's PLM on its
 predicted tokens, T5's span corruption on its span tokens, ELECTRA by its generator's MLM; a distillation student
 by its MLM head). Masked-LM models (the default, `mlm+nsp`) are scored on masks drawn
-from --seed, the same for every model given the same data and seed, over the whole set or --max_examples. A
+from --seed, the same for every model given the same data and seed, over the whole set or --max_examples (a
+sample of it: the eval order is one fixed shuffle, bert_jax.data.pipeline.make_eval_iterator). A
 causal (LTR) model is scored on next-token prediction instead. Beside each perplexity stands the unigram floor
 (`bert_jax.data.unigram`): the perplexity of the pretraining data's own token frequencies on the same targets
 (from the workdir's manifest, or --train_data; failing both, the evaluated set's, which flatters the floor and
@@ -190,8 +191,10 @@ def evaluate(args) -> dict:
 
 
 def summary_line(result: dict) -> str:
-    parts = [f"evaluate {result['checkpoint']}"
-             + (f"@{result['step']}" if result.get("step") is not None else "") + f" on {int(result['examples'])} examples:"]
+    name, step = result["checkpoint"], result.get("step")
+    if step is not None and not name.endswith(f"@{step}"):  # WORKDIR@STEP already names it
+        name += f"@{step}"
+    parts = [f"evaluate {name} on {int(result['examples'])} examples:"]
     for prefix in RATIO_PREFIXES:
         if f"{prefix}_perplexity_ratio" in result:
             parts.append(f"{prefix} loss {result[prefix + '_loss']:.4f} acc {result[prefix + '_accuracy']:.4f} "
@@ -221,7 +224,8 @@ def _parser() -> argparse.ArgumentParser:
                         "rate it trained at (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=64, help="examples per forward pass (default: %(default)s)")
     p.add_argument("--max_examples", type=int, default=0,
-                   help="score the first N examples, rounded up to whole batches (default 0: the whole set)")
+                   help="score N examples, rounded up to whole batches: the first N of the set's one fixed "
+                        "shuffled order, a sample of the whole set (default 0: the whole set)")
     p.add_argument("--vocab", default=None, help="text --data: the vocab to tokenise with (default: the checkpoint's)")
     p.add_argument("--seq_len", type=int, default=0, help="text --data: example length (default: the run's, else 128)")
     p.add_argument("--format", choices=FORMATS, default="auto", help="text --data: " + FORMAT_HELP)
