@@ -405,7 +405,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dupe_factor", type=int, default=1,
                    help="passes over the corpus, each with fresh pair splits (default: %(default)s)")
     p.add_argument("--unit_chars", type=int, default=DEFAULT_UNIT_CHARS,
-                   help="characters of text per shard (the unit of parallel and resumed work)")
+                   help="characters of text per shard (the unit of parallel and resumed work; a random next "
+                        "segment comes from another document of the same unit, so a unit of 1-3 books gives NSP "
+                        "negatives from 1-2 other books) (default: %(default)s)")
     p.add_argument("--max_line_bytes", type=int, default=ReaderOptions.max_line_bytes,
                    help="longer lines are skipped and counted in the manifest")
     p.add_argument("--max_doc_chars", type=int, default=ReaderOptions.max_doc_chars,
