@@ -64,8 +64,8 @@ def plot_curve(record: dict, path: str) -> None:
     ax.plot(tokens, [c["nsp_accuracy"] for c in record["curve"]], marker="s", label="NSP accuracy")
     ax.axhline(0.25, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("pretraining tokens (M)")
-    ax.set_title(f"mini recipe ({record['probe']}, lr {record['recipe']['optimizer.learning_rate']:g}): held-out, "
-                 "in-run eval")
+    ax.set_title(f"mini recipe ({record['probe']}, lr {record['recipe']['optimizer.learning_rate']:g})\n"
+                 "held-out, in-run eval (512 examples, the run's mask rate)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
