@@ -65,7 +65,7 @@ def plot_curve(record: dict, path: str) -> None:
     ax.axhline(0.25, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("pretraining tokens (M)")
     ax.set_title(f"mini recipe ({record['probe']}, lr {record['recipe']['optimizer.learning_rate']:g})\n"
-                 "held-out, in-run eval (512 examples, the run's mask rate)", fontsize=10)
+                 f"held-out, in-run eval ({probes.EVAL_EXAMPLES} examples, the run's mask rate)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
