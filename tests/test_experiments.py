@@ -389,3 +389,13 @@ def test_linear_probe_fits_a_separable_direction_and_scores_chance_on_noise():
     assert logistic_probe(x[:400], y[:400], x[400:], y[400:]) > 0.95
     noise = rng.normal(size=(600, 20))
     assert abs(logistic_probe(noise[:400], y[:400], noise[400:], y[400:]) - 0.5) < 0.12
+
+
+def test_finetune_protocol_gives_each_task_its_epochs_and_subset():
+    protocol = grids.FinetuneProtocol(learning_rates=(1e-3, 3e-4), seeds=3, epochs=2, batch_size=32,
+                                      max_seq_len={"glue": 128}, max_train_examples={"glue/sst2": 16000},
+                                      epochs_by_task={"glue/sst2": 1})
+    sst2, mrpc = protocol.args("glue/sst2"), protocol.args("glue/mrpc")
+    assert sst2[sst2.index("--epochs") + 1] == "1" and sst2[sst2.index("--max_train_examples") + 1] == "16000"
+    assert mrpc[mrpc.index("--epochs") + 1] == "2" and "--max_train_examples" not in mrpc
+    assert sst2[sst2.index("--learning_rates") + 1] == "0.001,0.0003" and sst2[sst2.index("--seeds") + 1] == "3"

@@ -71,11 +71,12 @@ class FinetuneProtocol:
     max_train_examples: dict = dataclasses.field(default_factory=dict)  # task -> seeded random subset size
     max_eval_examples: dict = dataclasses.field(default_factory=dict)  # task -> first N dev examples
     squad: dict = dataclasses.field(default_factory=dict)  # doc_stride, max_query_len
+    epochs_by_task: dict = dataclasses.field(default_factory=dict)  # task -> epochs, where not `epochs`
 
     def args(self, task: str) -> list[str]:
         family = task.split("/")[0]
         out = ["--learning_rates", ",".join(f"{lr:g}" for lr in self.learning_rates), "--seeds", str(self.seeds),
-               "--epochs", str(self.epochs), "--batch_size", str(self.batch_size)]
+               "--epochs", str(self.epochs_by_task.get(task, self.epochs)), "--batch_size", str(self.batch_size)]
         if family in self.max_seq_len:
             out += ["--max_seq_len", str(self.max_seq_len[family])]
         if self.max_train_examples.get(task):

@@ -41,9 +41,11 @@ def _header_lines(results: dict) -> list[str]:
     if ft:
         subsets = ", ".join(f"{k} {v} train" for k, v in ft.get("max_train_examples", {}).items())
         evals = ", ".join(f"{k} first {v} dev" for k, v in ft.get("max_eval_examples", {}).items())
+        epochs = ", ".join(f"{k} {v}" for k, v in ft.get("epochs_by_task", {}).items())
         lines.append(f"- fine-tuning: learning rates {', '.join(f'{x:g}' for x in ft['learning_rates'])} (best median "
                      f"on dev), {ft['seeds']} seeds each, {ft['epochs']} epochs, batch {ft['batch_size']}, max_seq_len "
-                     f"{ft['max_seq_len']}" + (f"; subsets: {subsets}" if subsets else "")
+                     f"{ft['max_seq_len']}" + (f" (epochs: {epochs})" if epochs else "")
+                     + (f"; subsets: {subsets}" if subsets else "")
                      + (f"; {evals}" if evals else ""))
     lines.append(f"- cells: ours = median ± {h['spread']} (n seeds), scores in percent (perplexity as is); "
                  "paper = the paper's dev number")
