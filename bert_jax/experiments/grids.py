@@ -155,10 +155,13 @@ MINI = Scale(
     finetune=FinetuneProtocol(
         learning_rates=(1e-3, 3e-4), seeds=3, epochs=2, batch_size=32,
         max_seq_len={"glue": 128, "squad": 128, "conll2003": 128},
-        # MRPC: all 3668; MNLI's 29,498 and QNLI's 95,914 built pairs: seeded subsets, like SST-2's; SQuAD: 1200 of
-        # the 87,599 reconstructed train questions. Every dev set is scored whole (SQuAD: all 10,570 questions).
-        max_train_examples={"glue/sst2": 4000, "glue/cola": 2000, "glue/mnli": 8000, "glue/qnli": 8000,
-                            "squad/v1.1": 1200},
+        # SST-2: all 67,349 labels for 1 epoch: with 4,000 (2 epochs) pretrained and random weights tie at bag-of-words
+        # level (0.759 vs 0.755), with all of them the recipe's checkpoint is above both (0.836 vs 0.815; experiments/
+        # README.md, "With the whole SST-2 train set"). MRPC: all 3668; MNLI's 29,498 and QNLI's 95,914 built pairs:
+        # seeded subsets; SQuAD: 1200 of the 87,599 reconstructed train questions. Every dev set is scored whole (SQuAD:
+        # all 10,570 questions).
+        max_train_examples={"glue/cola": 2000, "glue/mnli": 8000, "glue/qnli": 8000, "squad/v1.1": 1200},
+        epochs_by_task={"glue/sst2": 1},
         squad={"doc_stride": 64, "max_query_len": 32}),
     checkpoint_fractions=(0.125, 0.25, 0.5, 0.75, 1.0),
     data=DataSpec(vocab_size=8192, heldout_every_book=29, heldout_every_wiki=25, dupe_factor=1, workers=2))
