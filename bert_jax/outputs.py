@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 import tempfile
+import threading
+import time
 from typing import Iterator, TextIO
 
 from bert_jax import interrupts
@@ -193,6 +195,9 @@ def library_output_to(log_path: str, own_loggers: str = "bert_jax") -> Iterator[
     try:
         yield to_terminal
     finally:
+        # A failed async save leaves orbax's own threads finishing (and logging their tracebacks) after the run's
+        # last line: let them end inside the redirection, or their pages reach the terminal (seen in CI).
+        _join_library_threads(LIBRARY_THREAD_GRACE_S)
         # Objects dropped by the run (a file that cannot flush on a full disk) are finalised now, their complaints
         # into the log, not onto the terminal after the run's last line.
         gc.collect()
@@ -207,6 +212,17 @@ def library_output_to(log_path: str, own_loggers: str = "bert_jax") -> Iterator[
         for stream in (to_terminal, log):
             if stream is not terminal:
                 _close_quietly(stream)
+
+
+LIBRARY_THREAD_GRACE_S = 30.0  # a successful run has no orbax thread left, so this only ever delays a failure
+
+
+def _join_library_threads(timeout: float, modules: tuple[str, ...] = ("orbax",)) -> None:
+    """Wait (at most `timeout` s in all) for the live threads whose class comes from `modules`."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and type(thread).__module__.startswith(modules):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _close_quietly(stream: TextIO) -> None:

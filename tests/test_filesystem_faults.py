@@ -6,6 +6,7 @@ user), root without CAP_DAC_OVERRIDE (setpriv) on a chmod 555 directory for "per
 a directory is wanted and directories where a file is, and tmpfs file systems of a few KiB for a full disk. Tests
 that need a mount skip when it cannot be made (not root, or no mount permission).
 """
+import io
 import json
 import os
 import re
@@ -270,3 +271,33 @@ def test_a_full_disk_while_saving_prints_one_line_and_keeps_the_tracebacks_in_th
                     "the last complete checkpoint, step 2, is intact",
                     re.escape(f"details in {os.path.join(workdir, 'logs', 'pretrain.log')}"))
     assert os.path.isfile(os.path.join(workdir, "logs", "pretrain.log"))
+
+
+def test_a_library_thread_that_logs_after_the_run_writes_into_the_log_not_the_terminal(tmp_path):
+    """The CI failure: orbax's signalling thread logged a failed save's traceback after the run's one line, once the
+    terminal was restored. library_output_to waits for such threads inside the redirection."""
+    import logging
+    import threading
+    import time
+
+    class LateThread(threading.Thread):  # stands in for orbax.checkpoint._src.futures.future._SignalingThread
+        def run(self):
+            time.sleep(0.5)
+            logging.getLogger("absl").error("late traceback from a library thread")
+
+    LateThread.__module__ = "orbax.checkpoint.fake"
+    log_path = str(tmp_path / "logs" / "run.log")
+    terminal = io.StringIO()
+    root = logging.getLogger()
+    on_terminal = logging.StreamHandler(terminal)
+    root.addHandler(on_terminal)
+    real_stderr, sys.stderr = sys.stderr, terminal
+    try:
+        with outputs.library_output_to(log_path):
+            LateThread().start()
+    finally:
+        sys.stderr = real_stderr
+        root.removeHandler(on_terminal)
+    assert "late traceback" not in terminal.getvalue()
+    with open(log_path) as f:
+        assert "late traceback from a library thread" in f.read()
