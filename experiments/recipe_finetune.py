@@ -43,6 +43,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--sst2_examples", type=int, default=4000, help="SST-2's seeded train subset (0: all 67,349)")
     p.add_argument("--name", default="recipe_finetune", help="the result files' name under --out")
+    p.add_argument("--evaluation", default="", help="`bert-jax evaluate --out` JSON of --run: its held-out ratio is "
+                   "written above the table (checked against the init's fingerprint)")
     p.add_argument("--shared_data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args()
@@ -69,11 +71,23 @@ def main() -> int:
                      "spread": spread, "beats_random": pt["median"] - rnd["median"] > spread,
                      # the weaker reading: every pretrained seed above every random one
                      "separated": pt["min"] > rnd["max"]})
+    held_out = None
+    if args.evaluation:
+        with open(args.evaluation) as f:
+            held_out = json.load(f)
+        if held_out["init_fingerprint"] != rows[0]["pretrained"]["fingerprint"]:
+            sys.exit(f"--evaluation {args.evaluation} scored weights {held_out['init_fingerprint']}, not --run's "
+                     f"{rows[0]['pretrained']['fingerprint']}; evaluate the same checkpoint")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump({"run": args.run, "learning_rates": args.learning_rates, "seeds": args.seeds, "epochs": args.epochs,
-                   "sst2_examples": args.sst2_examples, "rows": rows}, f, indent=1)
-    lines = ["| task (metric) | pretrained: median (min-max), lr | random init: median (min-max), lr | margin | "
+                   "sst2_examples": args.sst2_examples, "held_out": held_out, "rows": rows}, f, indent=1)
+    lines = [] if held_out is None else [
+        f"Pretrained model: held-out MLM perplexity {held_out['mlm_perplexity']:.1f} against a unigram floor of "
+        f"{held_out['mlm_unigram_perplexity']:.0f} (ratio {held_out['mlm_perplexity_ratio']:.3f}, "
+        f"{held_out['examples']:.0f} examples at {held_out['mask_rate']:.0%} masking), NSP accuracy "
+        f"{held_out.get('nsp_accuracy', float('nan')):.3f}.", ""]
+    lines += ["| task (metric) | pretrained: median (min-max), lr | random init: median (min-max), lr | margin | "
              "spread | beats random | seeds separated | other dev metrics (median, pretrained / random) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
