@@ -6,6 +6,7 @@ Each target is a `main(argv: list[str]) -> int | None` function.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = {
@@ -59,5 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def run() -> None:
+    """The console entry point (also `python -m bert_jax.cli`): main(), then the process ends with its code.
+
+    A failed run ends here, without the interpreter's shutdown: after a failed checkpoint save, tensorstore's native
+    threads still finish writes into the abandoned temporary directory and call back into Python, printing tracebacks
+    onto the terminal below the run's one line, or failing the shutdown's flush of stderr, which turns exit code 4
+    into 120 (both seen under load). Everything of ours is closed by then (metrics, logs, checkpoint manager)."""
+    code = main()
+    if code != 0:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -36,3 +36,43 @@ def test_every_flag_of_every_subcommand_has_help(command, monkeypatch):
         missing = [action.option_strings or action.dest for action in parser._actions
                    if not (action.help or "").strip()]
         assert not missing, f"bert-jax {command} ({parser.prog}): no help text for {missing}"
+
+
+_SHUTDOWN_SCRIPT = """
+import atexit, sys
+import bert_jax.cli as cli
+
+class Unflushable:  # what a stream on a full disk, or one a native thread holds, does at shutdown
+    def write(self, text):
+        return len(text)
+    def flush(self):
+        raise OSError(28, "No space left on device")
+
+def late():  # stands in for a library thread that finishes (and prints) during the interpreter's shutdown
+    sys.stderr.write("late library traceback\\n")
+    sys.stderr.flush()
+    if CODE:
+        sys.stderr = Unflushable()
+
+CODE = int(sys.argv[1])
+atexit.register(late)
+cli.main = lambda: (print("bert-jax pretrain: the one line", file=sys.stderr), CODE)[1]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("code", [0, 4])
+def test_a_command_exits_with_its_own_code_whatever_the_shutdown_does(code):
+    """A failed command ends without the interpreter's shutdown (seen under load: tensorstore's threads printing
+    tracebacks after a failed save's one line, and a failed stderr flush turning exit 4 into 120). A successful
+    one shuts down normally, so libraries' exit handlers still run."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SHUTDOWN_SCRIPT, str(code)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == code, proc.stderr
+    if code:
+        assert proc.stderr == "bert-jax pretrain: the one line\n"
+    else:
+        assert proc.stderr == "bert-jax pretrain: the one line\nlate library traceback\n"

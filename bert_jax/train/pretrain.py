@@ -297,10 +297,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str, opt_cfg, speed, preemp
         if pending is not None:
             log_step(*pending, in_flight=0, always=True)
     finally:
-        ckpt.wait_for_saves(manager)
-        writer.close()
-        if progress is not None:
-            progress.close()
+        # A failed save raises here; the metrics and tensorboard files are closed (flushed) all the same.
+        try:
+            ckpt.wait_for_saves(manager)
+        finally:
+            try:
+                writer.close()
+            finally:
+                if progress is not None:
+                    progress.close()
     return {"step": float(step), **last}
 
 
