@@ -25,6 +25,7 @@ class Shape:
     vocab: int
     seq: int
     batch: int
+    mask_rate: float = 0.15  # BERT's; the experiments' mini recipe masks 40%
 
     @property
     def pad(self) -> int:
@@ -32,22 +33,40 @@ class Shape:
 
     @property
     def max_predictions(self) -> int:
-        return int(round(0.15 * self.seq))
+        return int(round(self.mask_rate * self.seq))
 
     @property
     def masked_per_row(self) -> int:
-        return int(round(0.15 * (self.seq - self.pad)))
+        return int(round(self.mask_rate * (self.seq - self.pad)))
 
     @property
     def tokens(self) -> int:
         return self.batch * self.seq
 
 
+def experiment_shapes() -> dict[str, Shape]:
+    """The models the CPU grids train (`bert-jax experiment --scale mini`): every Table 6 size resized by the mini
+    scale's rule, at its batch, sequence length, vocabulary and masking rate, all read from the grid definitions.
+    Named by the resized size, e.g. `x-L4H192A3` (Table 5's BERT_BASE, from 12/768/12)."""
+    from bert_jax.experiments.grids import MINI, TABLE6_SIZES
+
+    shapes = {}
+    for size in TABLE6_SIZES:
+        layers, hidden, heads = MINI.resize(size)
+        shapes[f"x-L{layers}H{hidden}A{heads}"] = Shape(
+            f"x-L{layers}H{hidden}A{heads}", layers, hidden, heads, 4 * hidden, MINI.data.vocab_size,
+            MINI.pretrain["data.seq_len"], MINI.pretrain["train.global_batch_size"], MINI.pretrain["data.mask_rate"])
+    return shapes
+
+
 SHAPES = {
     "tiny": Shape("tiny", 2, 64, 2, 256, 2048, 32, 4),
     "mini": Shape("mini", 4, 256, 4, 1024, 30522, 128, 32),
     "base": Shape("base", 12, 768, 12, 3072, 30522, 128, 8),
+    **experiment_shapes(),
 }
+# `--shapes experiments` names them all
+SHAPE_GROUPS = {"experiments": [name for name in SHAPES if name.startswith("x-")]}
 
 
 def make_inputs(shape: Shape, seed: int) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --quick                 # tiny shape, 3 steps, torch peer only (smoke test)
     python benchmarks/train_step.py --memory-sweep          # compile-only: base at seq 512, per remat policy
     python benchmarks/train_step.py --variant scan_layers=True --variant remat_policy=full   # extra rows
+    python benchmarks/train_step.py --shapes experiments --variant recipe   # the models the grids train, as they train
 
 Every framework gets the same inputs (written once to an .npz): random token ids, the last ~10% of each row
 padding (input_mask 0), round(0.15 * real tokens) masked positions ([MASK] in input_ids), NSP labels; fp32;
@@ -33,11 +34,12 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _bench_common import (CLS, MASK, OPTIMIZER, PAD, SEP, SHAPES, TOKENS_DEFINITION, BenchmarkError, Runner, Shape,  # noqa: E402,F401
-                           make_inputs)
+from _bench_common import (CLS, MASK, OPTIMIZER, PAD, SEP, SHAPE_GROUPS, SHAPES, TOKENS_DEFINITION, BenchmarkError,  # noqa: E402,F401
+                           Runner, Shape, make_inputs)
 from _bench_ours import compile_bert_jax, memory_sweep, model_config, start_bert_jax, variant_name  # noqa: E402,F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 RESULTS_DIR = os.path.join(HERE, "results")
 DEFAULT_PEER_VENV = os.path.join(os.path.expanduser("~"), ".cache", "bert_jax_bench", "flax-peer-venv")
 
@@ -263,14 +265,16 @@ def print_table(rows: list[dict]) -> None:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="mini,base", help=f"comma-separated, from {sorted(SHAPES)}")
+    p.add_argument("--shapes", default="mini,base",
+                   help=f"comma-separated, from {sorted(SHAPES)}, or 'experiments' for every x-* shape (the grids' models)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per framework (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first includes compilation)")
     p.add_argument("--blocks", type=int, default=2, help="timed steps are split into this many alternating blocks")
     p.add_argument("--peers", default="torch,flax", help="comma-separated from torch,flax; '' for none")
     p.add_argument("--peer-venv", default=DEFAULT_PEER_VENV, help="virtualenv for the Flax peer (made if missing)")
     p.add_argument("--variant", dest="variants", action="append", default=[],
-                   help="extra bert_jax row with ModelConfig or SpeedConfig overrides, e.g. scan_layers=True,remat_policy=dots")
+                   help="extra bert_jax row with ModelConfig or SpeedConfig overrides, e.g. scan_layers=True,remat_policy=dots; "
+                        "'recipe' for the grids' model settings (configs/pretrain.py:mini_text)")
     p.add_argument("--peer-xla-flags", default="",
                    help="XLA_FLAGS for the peers (default none; e.g. the flags bert_jax adds, for a like-for-like run)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
@@ -289,7 +293,7 @@ def parse_args(argv):
         args.shapes, args.steps, args.warmup, args.blocks, args.peers = "tiny", 3, 1, 1, "torch"
         args.matmul_sizes = "1024"
         args.threads = 1  # tiny ops: a second OpenMP thread only adds barrier waits on a busy machine
-    args.shapes = [s for s in args.shapes.split(",") if s]
+    args.shapes = [name for s in args.shapes.split(",") if s for name in SHAPE_GROUPS.get(s, [s])]
     args.peers = [s for s in args.peers.split(",") if s]
     bad = [s for s in args.shapes if s not in SHAPES]
     if bad:
@@ -304,7 +308,22 @@ def parse_args(argv):
     return args
 
 
+def recipe_overrides() -> dict:
+    """`--variant recipe`: the model settings the grids train with beyond their size, read from the config they use
+    (configs/pretrain.py:mini_text against :mini; e.g. pre-LN, no dropout, rotary positions)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_config", os.path.join(ROOT, "configs", "pretrain.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recipe, plain = module.get_config("mini_text").model, module.get_config("mini").model
+    sizes = {"vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"}
+    return {k: v for k, v in recipe.items() if k not in sizes and plain.get(k) != v}
+
+
 def _parse_overrides(text: str) -> dict:
+    if text == "recipe":
+        return recipe_overrides()
     out = {}
     for item in text.split(","):
         key, eq, value = item.partition("=")

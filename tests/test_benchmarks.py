@@ -87,3 +87,34 @@ def test_bad_arguments_are_one_line_errors():
     assert bench.main(["--shapes", "huge"]) == 2
     assert bench.main(["--peers", "tensorflow"]) == 2
     assert bench.main(["--variant", "scan_layers"]) == 2
+
+
+def test_the_experiment_shapes_are_the_models_the_mini_grids_train():
+    """`--shapes experiments --variant recipe` times what `bert-jax experiment --scale mini` pretrains: each table6
+    variant's config, as the runner builds it, gives the harness row's ModelConfig (bar the position table's length,
+    which rotary positions never read), batch, sequence length and masking rate."""
+    import dataclasses
+
+    from bert_jax.configlib import load_config
+    from bert_jax.experiments.grids import get_grid
+    from bert_jax.model.config import ModelConfig
+
+    bench = _load_harness()
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from _bench_ours import model_config
+
+    args = bench.parse_args(["--shapes", "experiments", "--variant", "recipe"])
+    recipe = args.variants[0]
+    assert recipe == {"norm": "pre", "dropout_rate": 0.0, "attention_dropout_rate": 0.0, "position_embedding": "rotary"}
+    grid = get_grid("table6", "mini")
+    assert len(args.shapes) == len(grid.variants) == 6
+    for name, variant in zip(args.shapes, grid.variants):
+        shape = bench.SHAPES[name]
+        overrides = grid.pretrain_overrides(variant)
+        config = load_config(os.path.join(ROOT, grid.scale.config), [f"{k}={v}" for k, v in overrides.items()])
+        trained = ModelConfig.from_dict({**config.model.to_dict(), "vocab_size": grid.scale.data.vocab_size})
+        timed = model_config(shape, recipe)
+        assert dataclasses.replace(timed, max_position_embeddings=trained.max_position_embeddings) == trained, name
+        assert (shape.batch, shape.seq, shape.mask_rate) == (
+            config.train.global_batch_size, config.data.seq_len, config.data.mask_rate), name
+        assert shape.max_predictions == round(config.data.mask_rate * config.data.seq_len)
