@@ -250,14 +250,14 @@ def pipeline_vs_step(shape: Shape, rows: list[dict], batches: int) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'shape':<6} {'framework':<44} {'tok/s':>8} {'step s':>7} {'MFU':>6} {'x(ours)':>7} "
+    print(f"\n{'shape':<11} {'framework':<44} {'tok/s':>8} {'step s':>7} {'MFU':>6} {'x(ours)':>7} "
           f"{'compile s':>9} {'temp MiB':>8} {'loss0':>7}")
     for r in rows:
         if r["status"] != "ok":
-            print(f"{r['shape']:<6} {r['framework']:<44} unavailable: {r['reason']}")
+            print(f"{r['shape']:<11} {r['framework']:<44} unavailable: {r['reason']}")
             continue
         temp = (r.get("memory") or {}).get("temp_size_in_bytes")
-        print(f"{r['shape']:<6} {r['framework']:<44} {r['tokens_per_s']:>8.0f} {r['step_time_s_median']:>7.3f} "
+        print(f"{r['shape']:<11} {r['framework']:<44} {r['tokens_per_s']:>8.0f} {r['step_time_s_median']:>7.3f} "
               f"{r['mfu']:>6.1%} {r.get('bert_jax_speedup', 1.0):>7.2f} "
               f"{r.get('compile_s', float('nan')):>9.2f} {temp / 2**20 if temp else float('nan'):>8.1f} "
               f"{r.get('loss0', float('nan')):>7.3f}")
