@@ -62,9 +62,16 @@ def experiment_shapes() -> dict[str, Shape]:
 SHAPES = {
     "tiny": Shape("tiny", 2, 64, 2, 256, 2048, 32, 4),
     "mini": Shape("mini", 4, 256, 4, 1024, 30522, 128, 32),
+    "small": Shape("small", 4, 512, 8, 2048, 30522, 128, 16),  # Turc et al.'s BERT-Small and -Medium
+    "medium": Shape("medium", 8, 512, 8, 2048, 30522, 128, 16),
     "base": Shape("base", 12, 768, 12, 3072, 30522, 128, 8),
     **experiment_shapes(),
 }
+def at_seq(shape: Shape, seq: int) -> Shape:
+    """`shape` at sequence length `seq` with the same tokens per step (the batch shrinks as seq grows)."""
+    return dataclasses.replace(shape, name=f"{shape.name}@{seq}", seq=seq, batch=max(1, shape.tokens // seq))
+
+
 # `--shapes experiments` names them all
 SHAPE_GROUPS = {"experiments": [name for name in SHAPES if name.startswith("x-")]}
 

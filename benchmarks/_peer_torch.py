@@ -10,6 +10,7 @@ The first "run" also reports the total and the MLM loss of step 0 (before any up
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 
@@ -67,7 +68,9 @@ def main(inputs_path: str, spec_json: str) -> int:
                         logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=-100))
                 first_loss, first = loss, False
                 emit(event="first", loss0=first_loss, mlm_loss0=mlm_loss)
-        emit(event="times", times=times, loss=loss)
+        # torch has no compiled-memory analysis: the process's peak resident memory (model, optimizer, activations)
+        emit(event="times", times=times, loss=loss,
+             max_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return 0
 
 

@@ -5,6 +5,7 @@
     python benchmarks/train_step.py --memory-sweep          # compile-only: base at seq 512, per remat policy
     python benchmarks/train_step.py --variant scan_layers=True --variant remat_policy=full   # extra rows
     python benchmarks/train_step.py --shapes experiments --variant recipe   # the models the grids train, as they train
+    python benchmarks/train_step.py --shapes mini,small,medium,base --seqs 128,256,512   # cost as work grows
 
 Every framework gets the same inputs (written once to an .npz): random token ids, the last ~10% of each row
 padding (input_mask 0), round(0.15 * real tokens) masked positions ([MASK] in input_ids), NSP labels; fp32;
@@ -35,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench_common import (CLS, MASK, OPTIMIZER, PAD, SEP, SHAPE_GROUPS, SHAPES, TOKENS_DEFINITION, BenchmarkError,  # noqa: E402,F401
-                           Runner, Shape, make_inputs)
+                           Runner, Shape, at_seq, make_inputs)
 from _bench_ours import compile_bert_jax, memory_sweep, model_config, start_bert_jax, variant_name  # noqa: E402,F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,7 +76,7 @@ def start_peer(framework: str, python: str, shape: Shape, seed: int, inputs_path
         proc.stdin.write(f"run {n}\n")
         proc.stdin.flush()
         reply = read_event("times")
-        for key in ("loss0", "mlm_loss0"):
+        for key in ("loss0", "mlm_loss0", "max_rss_mib"):
             if key in reply:
                 info[key] = reply[key]
         return reply["times"], reply["loss"]
@@ -267,6 +268,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="mini,base",
                    help=f"comma-separated, from {sorted(SHAPES)}, or 'experiments' for every x-* shape (the grids' models)")
+    p.add_argument("--seqs", default="",
+                   help="comma-separated sequence lengths: each shape at each, same tokens per step (e.g. 128,256,512)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per framework (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first includes compilation)")
     p.add_argument("--blocks", type=int, default=2, help="timed steps are split into this many alternating blocks")
@@ -298,6 +301,16 @@ def parse_args(argv):
     bad = [s for s in args.shapes if s not in SHAPES]
     if bad:
         raise BenchmarkError(f"--shapes {','.join(bad)} unknown; choose from {','.join(SHAPES)}")
+    if args.seqs:
+        try:
+            seqs = [int(s) for s in args.seqs.split(",") if s]
+        except ValueError:
+            raise BenchmarkError(f"--seqs {args.seqs}: write comma-separated integers, e.g. 128,256,512") from None
+        if not seqs or min(seqs) < 8 or max(seqs) > 512:
+            raise BenchmarkError(f"--seqs {args.seqs}: lengths from 8 to 512 (BERT's position table)")
+        swept = [at_seq(SHAPES[name], seq) for name in args.shapes for seq in seqs]
+        SHAPES.update({shape.name: shape for shape in swept})
+        args.shapes = [shape.name for shape in swept]
     bad = [s for s in args.peers if s not in ("torch", "flax")]
     if bad:
         raise BenchmarkError(f"--peers {','.join(bad)} unknown; choose from torch,flax")

@@ -118,3 +118,44 @@ def test_the_experiment_shapes_are_the_models_the_mini_grids_train():
         assert (shape.batch, shape.seq, shape.mask_rate) == (
             config.train.global_batch_size, config.data.seq_len, config.data.mask_rate), name
         assert shape.max_predictions == round(config.data.mask_rate * config.data.seq_len)
+
+
+def test_a_sequence_sweep_keeps_the_tokens_per_step_and_refuses_bad_lengths():
+    bench = _load_harness()
+    args = bench.parse_args(["--shapes", "mini,base", "--seqs", "128,512"])
+    assert args.shapes == ["mini@128", "mini@512", "base@128", "base@512"]
+    for name in args.shapes:
+        shape, plain = bench.SHAPES[name], bench.SHAPES[name.split("@")[0]]
+        assert shape.seq == int(name.split("@")[1]) and shape.tokens == plain.tokens
+        assert (shape.layers, shape.hidden, shape.vocab) == (plain.layers, plain.hidden, plain.vocab)
+    assert bench.main(["--shapes", "mini", "--seqs", "128,1024"]) == 2
+    assert bench.main(["--shapes", "mini", "--seqs", "long"]) == 2
+
+
+def test_the_cost_plot_has_a_row_and_a_line_per_model_and_framework(tmp_path):
+    import matplotlib.image
+
+    spec = importlib.util.spec_from_file_location("plot_cost", os.path.join(ROOT, "benchmarks", "plot_cost.py"))
+    plot_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_cost)
+    shapes, rows = {}, []
+    for seq, batch in ((128, 32), (256, 16)):
+        shapes[f"mini@{seq}"] = {"seq": seq, "batch": batch}
+        rows.append({"shape": f"mini@{seq}", "framework": "bert_jax", "status": "ok", "tokens_per_s": 9000.0 / seq,
+                     "mfu": 0.4, "memory": {"temp_size_in_bytes": seq * 2**20}})
+        rows.append({"shape": f"mini@{seq}", "framework": "torch", "status": "ok", "tokens_per_s": 3000.0 / seq,
+                     "max_rss_mib": 900.0 + seq, "bert_jax_speedup": 3.0})
+    rows.append({"shape": "mini@128", "framework": "flax", "status": "unavailable"})
+    path = tmp_path / "cost.json"
+    path.write_text(json.dumps({"settings": {"shapes": shapes}, "rows": rows}))
+    assert plot_cost.main([str(path)]) == 0
+    table = (tmp_path / "cost.md").read_text().splitlines()
+    assert table[2:] == ["| mini | 128 | 32 | bert_jax | 70 | 40% |  | 128 (XLA temp) |",
+                         "| mini | 128 | 32 | torch | 23 |  | 3.00x | 1,028 (peak RSS) |",
+                         "| mini | 256 | 16 | bert_jax | 35 | 40% |  | 256 (XLA temp) |",
+                         "| mini | 256 | 16 | torch | 12 |  | 3.00x | 1,156 (peak RSS) |"]
+    image = matplotlib.image.imread(str(tmp_path / "cost.png"))
+    pixels = image.reshape(-1, image.shape[-1])[:, :3]
+    for colour in ("#1f77b4", "#ff7f0e"):  # matplotlib's first two line colours: both lines are drawn
+        rgb = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        assert (np.abs(pixels - rgb).max(axis=1) < 0.05).sum() > 100, colour
