@@ -67,7 +67,12 @@ def run() -> None:
     threads still finish writes into the abandoned temporary directory and call back into Python, printing tracebacks
     onto the terminal below the run's one line, or failing the shutdown's flush of stderr, which turns exit code 4
     into 120 (both seen under load). Everything of ours is closed by then (metrics, logs, checkpoint manager)."""
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:
+        # The reader went away (`bert-jax --help | head`): nothing left to say to it, and no traceback either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     if code != 0:
         for stream in (sys.stdout, sys.stderr):
             try:

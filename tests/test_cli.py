@@ -76,3 +76,16 @@ def test_a_command_exits_with_its_own_code_whatever_the_shutdown_does(code):
         assert proc.stderr == "bert-jax pretrain: the one line\n"
     else:
         assert proc.stderr == "bert-jax pretrain: the one line\nlate library traceback\n"
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    """`bert-jax --help | head -1`: the rest of the output has nowhere to go; the command stops quietly."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "bert_jax.cli", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the usage is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
