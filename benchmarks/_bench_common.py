@@ -44,6 +44,12 @@ class Shape:
         return self.batch * self.seq
 
 
+def experiment_shape_name(resized: tuple[int, int, int]) -> str:
+    """The harness's name for a grid model of (layers, hidden, heads), e.g. `x-L4H192A3`."""
+    layers, hidden, heads = resized
+    return f"x-L{layers}H{hidden}A{heads}"
+
+
 def experiment_shapes() -> dict[str, Shape]:
     """The models the CPU grids train (`bert-jax experiment --scale mini`): every Table 6 size resized by the mini
     scale's rule, at its batch, sequence length, vocabulary and masking rate, all read from the grid definitions.
@@ -53,8 +59,8 @@ def experiment_shapes() -> dict[str, Shape]:
     shapes = {}
     for size in TABLE6_SIZES:
         layers, hidden, heads = MINI.resize(size)
-        shapes[f"x-L{layers}H{hidden}A{heads}"] = Shape(
-            f"x-L{layers}H{hidden}A{heads}", layers, hidden, heads, 4 * hidden, MINI.data.vocab_size,
+        name = experiment_shape_name(MINI.resize(size))
+        shapes[name] = Shape(name, layers, hidden, heads, 4 * hidden, MINI.data.vocab_size,
             MINI.pretrain["data.seq_len"], MINI.pretrain["train.global_batch_size"], MINI.pretrain["data.mask_rate"])
     return shapes
 

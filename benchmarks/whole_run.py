@@ -29,6 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
+from _bench_common import experiment_shape_name  # noqa: E402
+from train_step import recipe_overrides  # noqa: E402
 
 
 def grid_overrides(grid_name: str, variant_name: str, scale: str) -> tuple[str, dict, str]:
@@ -37,9 +39,7 @@ def grid_overrides(grid_name: str, variant_name: str, scale: str) -> tuple[str, 
 
     grid = get_grid(grid_name, scale)
     variant = grid.variant(variant_name)
-    overrides = grid.pretrain_overrides(variant)
-    layers, hidden, heads = grid.scale.resize(variant.size)
-    return grid.scale.config, overrides, f"x-L{layers}H{hidden}A{heads}"
+    return grid.scale.config, grid.pretrain_overrides(variant), experiment_shape_name(grid.scale.resize(variant.size))
 
 
 def harness_row(path: str, shape: str) -> dict | None:
@@ -47,7 +47,7 @@ def harness_row(path: str, shape: str) -> dict | None:
     with open(path) as f:
         rows = [r for r in json.load(f)["rows"] if r.get("shape") == shape and r.get("status") == "ok"
                 and r.get("framework", "").startswith("bert_jax")]
-    recipe = [r for r in rows if "position_embedding=rotary" in r["framework"]]
+    recipe = [r for r in rows if r.get("model_overrides") == recipe_overrides()]
     return (recipe or rows or [None])[0]
 
 
