@@ -21,7 +21,7 @@ import sys
 
 
 def newest_trace(directory: str) -> str:
-    found = glob.glob(os.path.join(directory, "**", "*.xplane.pb"), recursive=True)
+    found = glob.glob(os.path.join(glob.escape(directory), "**", "*.xplane.pb"), recursive=True)
     if not found:
         raise SystemExit(f"profile_summary.py: no *.xplane.pb under {directory}; run train_step.py --profile DIR first")
     return max(found, key=os.path.getmtime)

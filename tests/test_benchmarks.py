@@ -159,3 +159,37 @@ def test_the_cost_plot_has_a_row_and_a_line_per_model_and_framework(tmp_path):
     for colour in ("#1f77b4", "#ff7f0e"):  # matplotlib's first two line colours: both lines are drawn
         rgb = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
         assert (np.abs(pixels - rgb).max(axis=1) < 0.05).sum() > 100, colour
+
+
+def test_the_readme_ratio_table_has_one_line_per_shape_with_each_peers_ratio(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("ratio_table", os.path.join(ROOT, "benchmarks", "ratio_table.py"))
+    ratio_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ratio_table)
+    shape = {"layers": 4, "hidden": 192, "heads": 3, "vocab": 8192, "seq": 128, "batch": 32}
+    recipe = "bert_jax[attention_dropout_rate=0.0,dropout_rate=0.0,norm=pre,position_embedding=rotary]"
+    rows = [{"shape": "x-L4H192A3", "framework": "bert_jax", "status": "ok", "tokens_per_s": 6000.0, "mfu": 0.3,
+             "memory": {"temp_size_in_bytes": 480 * 2**20}},
+            {"shape": "x-L4H192A3", "framework": recipe, "status": "ok", "tokens_per_s": 5500.0, "mfu": 0.275},
+            {"shape": "x-L4H192A3", "framework": "torch", "status": "ok", "tokens_per_s": 4000.0,
+             "bert_jax_speedup": 1.5},
+            {"shape": "x-L4H192A3", "framework": "flax", "status": "ok", "tokens_per_s": 3000.0,
+             "bert_jax_speedup": 2.0, "memory": {"temp_size_in_bytes": 800 * 2**20}},
+            {"shape": "base", "framework": "bert_jax", "status": "ok", "tokens_per_s": 250.0, "mfu": 0.5},
+            {"shape": "base", "framework": "flax", "status": "unavailable", "reason": "no venv"}]
+    payload = {"date": "2026-12-03T07:00", "processor": "cpu", "cpu_count": 2, "peak_gflops_used": 200.0,
+               "loadavg_start": [1.0], "loadavg_end": [1.5], "rows": rows,
+               "settings": {"steps": 8, "blocks": 2, "shapes": {"x-L4H192A3": shape,
+                                                                "base": {**shape, "layers": 12, "hidden": 768}}}}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(payload))
+    assert ratio_table.main([str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("2026-12-03T07:00, cpu, 2 cores, matmul peak 200 GFLOP/s") and "load 1.0 -> 1.5" in out[0]
+    assert out[2] == ("| shape | bert_jax tok/s | MFU | bert_jax pre-LN, rotary, no dropout tok/s (MFU) | "
+                      "PyTorch tok/s (ours x) | Flax tok/s (ours x) | XLA temp MiB (ours / Flax) |")
+    assert out[4] == ("| x-L4H192A3 (4/192/3, vocab 8192, seq 128, b32) | 6,000 | 30% | 5,500 (28%) | "
+                      "4,000 (**1.50x**) | 3,000 (**2.00x**) | 480 / 800 |")
+    assert out[5] == "| base (12/768/3, vocab 8192, seq 128, b32) | 250 | 50% |  |  |  | - / - |"  # no peer row
+    path.write_text("{}")
+    assert ratio_table.main([str(path)]) == 2
+    assert "ratio_table.py: cannot read" in capsys.readouterr().err

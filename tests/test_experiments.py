@@ -59,6 +59,11 @@ def test_table6_sizes_keep_the_papers_ratios():
     # BERT's head size of 64 wherever the paper's is (6/768/3's heads of 256 become one head of 192)
     assert all(h // a == 64 for name, (_, h, a, _) in got.items() if name != "6/768/3")
     assert len(runner.pretraining_runs(grid)) == 6
+    # its 80/10/10 row is BERT's own mix: the same run as table5's BERT_BASE at every scale, not a seventh run
+    for scale in ("paper", "mini", "smoke"):
+        t5, t8 = grids.table5(scale), grids.table8(scale)
+        assert runner.run_id(overrides(t8, "80/10/10")) == runner.run_id(overrides(t5, "BERT_BASE"))
+        assert runner.run_id(overrides(t8, "100/0/0")) != runner.run_id(overrides(t5, "BERT_BASE"))
     assert grid.columns[0].task == grids.PERPLEXITY and grid.plot == "table6"
     # 12/768/12 is table5's BERT_BASE: one run serves both grids.
     assert runner.run_id(overrides(grid, "12/768/12")) == runner.run_id(overrides(grids.table5("mini"), "BERT_BASE"))
