@@ -50,21 +50,24 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for key in sorted({(r["model"], r["framework"]) for r in rows}):
+    # one colour per model size (in the order the run lists them), one line style per framework
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for key in sorted({(r["model"], r["framework"]) for r in rows}, key=lambda k: (models.index(k[0]), k[1])):
         points = sorted((r["seq"], r["tokens_per_s"], r["memory_mib"]) for r in rows
                         if (r["model"], r["framework"]) == key)
         label = f"{key[0]} {key[1]}"
         style = "-" if key[1].startswith("bert_jax") else "--" if key[1] == "flax" else ":"
-        speed.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
+        colour = f"C{models.index(key[0]) % 10}"
+        speed.plot([p[0] for p in points], [p[1] for p in points], style, color=colour, marker="o", label=label)
         if all(p[2] is not None for p in points):
-            memory.plot([p[0] for p in points], [p[2] for p in points], style, marker="o", label=label)
+            memory.plot([p[0] for p in points], [p[2] for p in points], style, color=colour, marker="o", label=label)
     for ax, title in ((speed, "tokens/s (same tokens per step)"), (memory, "memory MiB (XLA temp; torch: peak RSS)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-    speed.legend(fontsize=7)
+    speed.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

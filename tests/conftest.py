@@ -23,6 +23,7 @@ assert jax.device_count() == 8, "conftest must run before anything imports jax"
 # `python -m pytest -q -n 2 --durations=0`; several are one case of a parametrised test). They run in the
 # long set (`-m slow`) with the others, so the README's quick command stays under 15 minutes on 2 cores.
 SLOW_TESTS = (
+    "test_benchmarks.py::test_device_scaling_gives_the_same_losses_on_two_devices_and_over_rounds",
     "test_evaluate_objectives.py::test_evaluate_scores_plm_and_span_corruption_against_their_floor[span_corruption-",
     "test_sparse_final_layer.py::test_sparse_final_layer_equals_the_whole_layer_then_a_gather[bert]",
     "test_sparse_final_layer.py::test_dropout_draws_elsewhere_are_untouched",

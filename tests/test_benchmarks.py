@@ -146,6 +146,9 @@ def test_the_cost_plot_has_a_row_and_a_line_per_model_and_framework(tmp_path):
         rows.append({"shape": f"mini@{seq}", "framework": "torch", "status": "ok", "tokens_per_s": 3000.0 / seq,
                      "max_rss_mib": 900.0 + seq, "bert_jax_speedup": 3.0})
     rows.append({"shape": "mini@128", "framework": "flax", "status": "unavailable"})
+    shapes["small@128"] = {"seq": 128, "batch": 16}  # a second model: a second colour
+    rows.append({"shape": "small@128", "framework": "bert_jax", "status": "ok", "tokens_per_s": 50.0, "mfu": 0.5,
+                 "memory": {"temp_size_in_bytes": 2**20}})
     path = tmp_path / "cost.json"
     path.write_text(json.dumps({"settings": {"shapes": shapes}, "rows": rows}))
     assert plot_cost.main([str(path)]) == 0
@@ -153,10 +156,11 @@ def test_the_cost_plot_has_a_row_and_a_line_per_model_and_framework(tmp_path):
     assert table[2:] == ["| mini | 128 | 32 | bert_jax | 70 | 40% |  | 128 (XLA temp) |",
                          "| mini | 128 | 32 | torch | 23 |  | 3.00x | 1,028 (peak RSS) |",
                          "| mini | 256 | 16 | bert_jax | 35 | 40% |  | 256 (XLA temp) |",
-                         "| mini | 256 | 16 | torch | 12 |  | 3.00x | 1,156 (peak RSS) |"]
+                         "| mini | 256 | 16 | torch | 12 |  | 3.00x | 1,156 (peak RSS) |",
+                         "| small | 128 | 16 | bert_jax | 50 | 50% |  | 1 (XLA temp) |"]
     image = matplotlib.image.imread(str(tmp_path / "cost.png"))
     pixels = image.reshape(-1, image.shape[-1])[:, :3]
-    for colour in ("#1f77b4", "#ff7f0e"):  # matplotlib's first two line colours: both lines are drawn
+    for colour in ("#1f77b4", "#ff7f0e"):  # matplotlib's first two colours: one per model, both drawn
         rgb = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
         assert (np.abs(pixels - rgb).max(axis=1) < 0.05).sum() > 100, colour
 
@@ -193,3 +197,19 @@ def test_the_readme_ratio_table_has_one_line_per_shape_with_each_peers_ratio(tmp
     path.write_text("{}")
     assert ratio_table.main([str(path)]) == 2
     assert "ratio_table.py: cannot read" in capsys.readouterr().err
+
+
+def test_device_scaling_gives_the_same_losses_on_two_devices_and_over_rounds(tmp_path):
+    out = tmp_path / "scaling.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "device_scaling.py"), "--devices", "1,2", "--steps", "6",
+           "--batch", "8", "--rounds", "2", "--set", "model.num_layers=1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(out.read_text())
+    runs = {r["devices"]: r for r in payload["runs"]}
+    assert sorted(runs) == [1, 2] and payload["rounds"] == 2 and "'model.num_layers': '1'" in payload["config"]
+    assert all(len(r["losses"]) == 6 and len(r["steady_tokens_per_s_rounds"]) == 2 for r in runs.values())
+    assert runs[2]["max_rel_loss_diff"] < 1e-5 and runs[1]["max_rel_loss_diff"] == 0.0
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "device_scaling.py"), "--set", "nokey"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--set 'nokey' must be comma-separated key=value pairs" in bad.stderr
