@@ -487,11 +487,15 @@ def test_two_processes_verify_a_step_together_and_agree(tmp_path):
         second = sorted(json.load(f)["files"])[1]  # process 1 of 2 checks files 1, 3, 5, ...
     flip_bytes(os.path.join(directory, "2", second), count=8)
     address = f"127.0.0.1:{h.free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_RESTORE, directory, address, str(i)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=h.cli_env(4))
-             for i in range(2)]
-    outs = [proc.communicate(timeout=h.SUBPROCESS_TIMEOUT)[0] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(outs)
+    started = []
+    for i in range(2):  # logs in files, so a process that fails or hangs shows both sides (wait_all kills the other)
+        log_path = str(tmp_path / f"process-{i}.log")
+        with open(log_path, "w") as log:
+            started.append((subprocess.Popen([sys.executable, "-c", TWO_PROCESS_RESTORE, directory, address, str(i)],
+                                             stdout=log, stderr=subprocess.STDOUT, env=h.cli_env(4)), log_path))
+    results = h.wait_all(started)
+    outs = [out for _, out in results]
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(outs)
     assert all("restored 1" in out for out in outs), "\n".join(outs)
     assert f"{second} does not match its checksum" in outs[1]
     assert "damaged or incomplete on process 1" in outs[0]

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from bert_jax import interrupts
 from bert_jax.outputs import is_disk_full
@@ -211,6 +212,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
     """
     directory = str(manager.directory)
     _quarantine_stale_tmp_directories(directory)
+    _wait_for_quarantine("stale tmp directories")
     candidates = step_directories(directory)
     skipped = []
     for step, path in reversed(candidates):
@@ -228,6 +230,7 @@ def restore_latest(manager: ocp.CheckpointManager, target: Any) -> RestoredCheck
         log.warning("skipping checkpoint %s (%s); trying the previous one", path, reason)
         skipped.append(f"{path} ({reason})")
         _quarantine(path)
+        _wait_for_quarantine(path)
         manager.reload()
     if skipped:
         raise CorruptCheckpointError(f"no complete checkpoint in {directory}; skipped: {'; '.join(skipped)}. "
@@ -245,6 +248,14 @@ def _quarantine(path: str) -> str | None:
     source.rename(target)
     log.warning("moved %s to %s (delete it by hand once inspected)", path, target)
     return str(target)
+
+
+def _wait_for_quarantine(what: str) -> None:
+    """Only process 0 moves directories to quarantine/; the others must not list or read the checkpoint directory
+    while it renames (a listing that meets a half-moved step fails on one process and leaves the other waiting in
+    the next collective: a hang seen in CI), so everyone waits here until the move is done."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"bert_jax checkpoint quarantine: {what}")
 
 
 def _quarantine_stale_tmp_directories(directory: str) -> None:
