@@ -81,19 +81,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bert_jax_devices_") as tmp:
         data_dir = prepare_builtin_dataset(os.path.join(tmp, "data"), mode="segment-pair", seq_len=args.seq_len,
                                            vocab_size=args.vocab, seed=0, num_docs=2000)
-        runs = {}
+        by_count = {d: [] for d in counts}
         for round_ in range(args.rounds):  # alternating, because this machine's speed swings between minutes
             for d in counts:
-                r = run_one(d, data_dir, os.path.join(tmp, f"run-{d}-{round_}"), args.steps, args.strategy,
-                            args.batch, args.config, extra)
-                if d in runs:
-                    assert r["losses"] == runs[d]["losses"], f"{d} devices: a rerun changed the losses"
-                    r["steady_tokens_per_s_rounds"] = runs[d]["steady_tokens_per_s_rounds"] + [r["steady_tokens_per_s"]]
-                else:
-                    r["steady_tokens_per_s_rounds"] = [r["steady_tokens_per_s"]]
-                r["steady_tokens_per_s"] = max(r["steady_tokens_per_s_rounds"])
-                runs[d] = r
-        runs = [runs[d] for d in counts]
+                by_count[d].append(run_one(d, data_dir, os.path.join(tmp, f"run-{d}-{round_}"), args.steps,
+                                           args.strategy, args.batch, args.config, extra))
+    runs = []
+    for d in counts:
+        first = by_count[d][0]
+        assert all(r["losses"] == first["losses"] for r in by_count[d]), f"{d} devices: a rerun changed the losses"
+        rates = [r["steady_tokens_per_s"] for r in by_count[d]]
+        runs.append({**first, "steady_tokens_per_s_rounds": rates, "steady_tokens_per_s": max(rates)})
     reference = runs[0]
     print(f"{'devices':>7} {'max rel loss diff':>18} {'steady tok/s':>13} {'x 1st':>6} {'wall s':>7}")
     for r in runs:

@@ -24,14 +24,14 @@ def variant_label(framework: str) -> str:
     rotary, no dropout' (the recipe's settings in words; any other override as key=value)."""
     items = dict(item.split("=", 1) for item in framework.removeprefix("bert_jax[").removesuffix("]").split(",") if item)
     words = []
-    if items.get("dropout_rate") == "0.0" and items.get("attention_dropout_rate") == "0.0":
-        words.append("no dropout")
-        del items["dropout_rate"], items["attention_dropout_rate"]
-    if items.get("norm") == "pre":
-        words.insert(0, "pre-LN")
-        del items["norm"]
+    norm = items.pop("norm", None)
+    if norm:
+        words.append("pre-LN" if norm == "pre" else f"norm={norm}")
     if "position_embedding" in items:
-        words.insert(len(words) - ("no dropout" in words), items.pop("position_embedding"))
+        words.append(items.pop("position_embedding"))
+    if items.get("dropout_rate") == items.get("attention_dropout_rate") == "0.0":
+        del items["dropout_rate"], items["attention_dropout_rate"]
+        words.append("no dropout")
     return ", ".join(words + [f"{k}={v}" for k, v in items.items()])
 
 
@@ -76,13 +76,11 @@ def markdown(payload: dict) -> str:
         temps = [((row or {}).get("memory") or {}).get("temp_size_in_bytes") for row in (ours, r["peers"].get("flax"))]
         cells.append(" / ".join(f"{t / 2**20:,.0f}" if t else "-" for t in temps))
         lines.append("| " + " | ".join(cells) + " |")
-    peak = payload.get("peak_gflops_used") or max((payload.get("matmul_peak_gflops") or {"": 0}).values())
-    load = payload.get("loadavg_start", [None])[0], payload.get("loadavg_end", [None])[0]
     settings = payload["settings"]
-    caption = (f"{payload.get('date', '?')}, {payload.get('processor') or payload.get('device', '?')}, "
-               f"{payload.get('cpu_count', '?')} cores, matmul peak {peak:.0f} GFLOP/s (fp32 jnp.dot, this run), "
-               f"load {load[0]:.1f} -> {load[1]:.1f}; {settings['steps']} timed steps per framework in "
-               f"{settings['blocks']} alternating blocks.")
+    caption = (f"{payload['date']}, {payload['processor']}, {payload['cpu_count']} cores, matmul peak "
+               f"{payload['peak_gflops_used']:.0f} GFLOP/s (fp32 jnp.dot, this run), load "
+               f"{payload['loadavg_start'][0]:.1f} -> {payload['loadavg_end'][0]:.1f}; {settings['steps']} timed steps "
+               f"per framework in {settings['blocks']} alternating blocks.")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
